@@ -1,0 +1,1 @@
+"""yolo-prune: filter pruning for Ultralytics YOLO detectors."""

@@ -1,0 +1,171 @@
+"""`yolo-prune` command line: one subcommand per pipeline stage, each a thin call into the Python API."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from .errors import YoloPruneError
+
+
+def _model_arg(p, flag="--model", required=True, **kw):
+    p.add_argument(flag, required=required, help="model YAML name (yolov8n.yaml, yolov7.yaml), .yaml path or .pt", **kw)
+
+
+def _build_parser() -> argparse.ArgumentParser:
+    from .methods import list_methods
+
+    parser = argparse.ArgumentParser(prog="yolo-prune", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("prune", help="one-shot structural prune to a FLOPs target, saved as an Ultralytics .pt")
+    _model_arg(p)
+    p.add_argument("--flops", type=float, required=True, help="fraction of FLOPs to remove, in (0, 1)")
+    p.add_argument("--method", default="l1", choices=list_methods(one_shot=True))
+    p.add_argument("--imgsz", type=int, default=640, help="image size at which FLOPs are counted")
+    p.add_argument("--round-to", type=int, default=8, help="kept widths are multiples of this (TensorRT likes 8)")
+    p.add_argument("--min-keep", type=float, default=0.1, help="never keep less than this fraction of a group")
+    p.add_argument("--out", required=True, help="output checkpoint path (.pt)")
+
+    p = sub.add_parser("info", help="FLOPs, params and prunable channel groups of a model")
+    _model_arg(p)
+    p.add_argument("--imgsz", type=int, default=640)
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+
+    p = sub.add_parser("train", help="train with the Ultralytics trainer while pruning (EFFP/ASFP), in one run")
+    p.add_argument("--cfg", default=None, help="model YAML (yolov7.yaml, yolov8n.yaml, a path); default yolov7-tiny")
+    p.add_argument("--flops", type=float, default=0.0, help="fraction of FLOPs to remove (0 = plain training)")
+    p.add_argument("--method", default="effp", choices=list_methods(one_shot=False))
+    p.add_argument("--data", default=None, help="Ultralytics dataset YAML; default: the embedded demo dataset")
+    p.add_argument("--weights", default=None, help="initialise from this checkpoint (same architecture)")
+    p.add_argument("--epochs", type=int, default=None)
+    p.add_argument("--imgsz", type=int, default=None)
+    p.add_argument("--batch", type=int, default=None)
+    p.add_argument("--device", default=None)
+    p.add_argument("--project", default=None)
+    p.add_argument("--name", default=None)
+    p.add_argument("--resume", default=None, nargs="?", const=True, help="resume from last.pt (path or flag)")
+    p.add_argument("--round-to", type=int, default=8)
+    p.add_argument("--min-keep", type=float, default=0.1)
+    p.add_argument("--warmup-frac", type=float, default=None, help="fraction of epochs before pruning starts")
+    p.add_argument("--prune-frac", type=float, default=None, help="fraction of epochs at which the target is reached")
+    p.add_argument("--steps-per-epoch", type=int, default=None, help="pruning steps per epoch in the pruning phase")
+    p.add_argument("overrides", nargs="*", help="any other Ultralytics train argument as key=value")
+
+    p = sub.add_parser("val", help="COCO mAP with pycocotools (and Ultralytics' mAP beside it)")
+    _model_arg(p)
+    p.add_argument("--data", default=None, help="dataset YAML (default: the embedded demo dataset)")
+    p.add_argument("--imgsz", type=int, default=640)
+    p.add_argument("--batch", type=int, default=16)
+    p.add_argument("--json", dest="json_out", default=None, help="write all metrics to this JSON file")
+
+    p = sub.add_parser("export", help="ONNX or TensorRT engine (FP16/INT8) with a JSON sidecar")
+    _model_arg(p)
+    p.add_argument("--format", choices=["onnx", "engine"], default="onnx")
+    p.add_argument("--half", action="store_true")
+    p.add_argument("--int8", action="store_true")
+    p.add_argument("--data", default=None, help="calibration images (dataset YAML or folder) for --int8")
+    p.add_argument("--imgsz", type=int, default=640)
+    p.add_argument("--batch", type=int, default=1)
+    p.add_argument("--dynamic", action="store_true", help="dynamic batch axis")
+    p.add_argument("--workspace", type=float, default=4.0, help="TensorRT workspace in GiB")
+    p.add_argument("--dla", type=int, default=None, help="DLA core (Jetson)")
+    p.add_argument("--out", default=None, help="output file (default: beside the model)")
+
+    p = sub.add_parser("bench", help="latency/throughput of one or more models, with a FLOPs/speed-up table")
+    p.add_argument("--model", action="append", required=True, help="repeat for several models; the first is the base")
+    p.add_argument("--backend", choices=["torch", "onnxruntime", "tensorrt"], default="onnxruntime")
+    p.add_argument("--imgsz", type=int, default=640)
+    p.add_argument("--batch", type=int, default=1)
+    p.add_argument("--warmup", type=int, default=10)
+    p.add_argument("--runs", type=int, default=50)
+    p.add_argument("--half", action="store_true")
+    p.add_argument("--json", dest="json_out", default=None)
+
+    p = sub.add_parser("import", help="convert an official YOLOv5/YOLOv7 checkpoint into an Ultralytics one")
+    p.add_argument("checkpoint")
+    p.add_argument("--out", required=True)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    from ._ultralytics import go_offline
+
+    go_offline()
+    args = _build_parser().parse_args(argv)
+    try:
+        result = _dispatch(args)
+    except YoloPruneError as e:
+        print(f"yolo-prune {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    if result is not None:
+        print(result)
+    return 0
+
+
+def _dispatch(args):
+    from . import api
+
+    if args.command == "prune":
+        report = api.prune(
+            args.model, flops=args.flops, method=args.method, imgsz=args.imgsz,
+            round_to=args.round_to, min_keep=args.min_keep, out=args.out,
+        )  # fmt: skip
+        return report.table()
+    if args.command == "info":
+        info = api.info(args.model, imgsz=args.imgsz)
+        return json.dumps(info, indent=1) if args.json else api.format_info(info)
+    if args.command == "train":
+        api.train(**_train_kwargs(args))
+        return None
+    if args.command == "val":
+        return api.val(args.model, data=args.data, imgsz=args.imgsz, batch=args.batch, json_out=args.json_out)
+    if args.command == "export":
+        return api.export(
+            args.model, format=args.format, half=args.half, int8=args.int8, data=args.data, imgsz=args.imgsz,
+            batch=args.batch, dynamic=args.dynamic, workspace=args.workspace, dla=args.dla, out=args.out,
+        )  # fmt: skip
+    if args.command == "bench":
+        return api.bench(
+            args.model, backend=args.backend, imgsz=args.imgsz, batch=args.batch, warmup=args.warmup,
+            runs=args.runs, half=args.half, json_out=args.json_out,
+        )  # fmt: skip
+    if args.command == "import":
+        return api.import_checkpoint(args.checkpoint, out=args.out)
+    raise AssertionError(args.command)
+
+
+def _train_kwargs(args) -> dict:
+    extra = {}
+    for item in args.overrides:
+        if "=" not in item:
+            raise YoloPruneError(f"Extra train argument '{item}' is not key=value (e.g. lr0=0.01).")
+        key, value = item.split("=", 1)
+        extra[key] = _parse_value(value)
+    named = {k: getattr(args, k) for k in ("epochs", "imgsz", "batch", "device", "project", "name", "resume")}
+    prune = {k: getattr(args, k) for k in ("round_to", "min_keep", "warmup_frac", "prune_frac", "steps_per_epoch")}
+    return dict(
+        cfg=args.cfg, flops=args.flops, method=args.method, data=args.data, weights=args.weights,
+        prune_args={k: v for k, v in prune.items() if v is not None},
+        **{k: v for k, v in named.items() if v is not None}, **extra,
+    )  # fmt: skip
+
+
+def _parse_value(text: str):
+    """key=value values as Ultralytics' CLI reads them: numbers, booleans, None, else the string."""
+    lowered = text.lower()
+    if lowered in ("true", "false"):
+        return lowered == "true"
+    if lowered == "none":
+        return None
+    for cast in (int, float):
+        try:
+            return cast(text)
+        except ValueError:
+            pass
+    return text
+
+
+if __name__ == "__main__":
+    sys.exit(main())
