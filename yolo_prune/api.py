@@ -35,3 +35,114 @@ def import_checkpoint(checkpoint, out) -> str:
     from .nn.importer import import_checkpoint as _import
 
     return str(_import(Path(checkpoint), Path(out)))
+
+
+class PruneReport(dict):
+    """What `prune` did: base and slim GFLOPs/params (predicted and measured), and where it saved."""
+
+    def table(self) -> str:
+        rows = [
+            ("", "base", "slim"),
+            ("GFLOPs", f"{self['base_gflops']:.3f}", f"{self['slim_gflops']:.3f}"),
+            ("params (M)", f"{self['base_params'] / 1e6:.3f}", f"{self['slim_params'] / 1e6:.3f}"),
+        ]
+        lines = [f"{a:<12}{b:>12}{c:>12}" for a, b, c in rows]
+        lines.append(f"FLOPs cut {self['cut']:.4f} (target {self['target']}, predicted {self['predicted_gflops']:.3f} "
+                     f"GFLOPs at {self['imgsz']}) -> {self['out']}")  # fmt: skip
+        return "\n".join(lines)
+
+
+def prune(model, flops: float, method: str = "l1", imgsz: int = 640, round_to: int = 8, min_keep: float = 0.25,
+          out=None) -> PruneReport:  # fmt: skip
+    """One-shot structural prune of `model` to remove `flops` of its FLOPs; saves a slim checkpoint to `out`."""
+    from ultralytics.utils.torch_utils import get_flops
+
+    from .errors import YoloPruneError
+    from .graph.analyze import analyze
+    from .masks.budget import Budget
+    from .masks.mask import MaskSet
+    from .methods import get_method
+    from .nn.build import load_model
+    from .slim.checkpoint import check_output_path, save_checkpoint
+    from .slim.slim import slim
+
+    _check_flops(flops)
+    cls = get_method(method)
+    if not cls.one_shot:
+        raise YoloPruneError(f"Method '{method}' prunes during training; use `yolo-prune train --method {method}`.")
+    if out is not None:
+        check_output_path(out)
+    base = load_model(model)
+    graph = analyze(base, imgsz)
+    pruner = cls(graph, Budget(graph, round_to=round_to, min_keep=min_keep))
+    target = graph.gflops() * (1 - flops)
+    masks = pruner.prune_step(base, MaskSet(graph), target, progress=1.0)
+    slim_model = slim(base, graph, masks.masks)
+    report = PruneReport(
+        base_gflops=graph.gflops(), predicted_gflops=masks.gflops(), slim_gflops=get_flops(slim_model, imgsz),
+        base_params=sum(p.numel() for p in base.parameters()), slim_params=sum(p.numel() for p in slim_model.parameters()),
+        target=flops, imgsz=imgsz, out=str(out),
+    )  # fmt: skip
+    report["cut"] = 1 - report["slim_gflops"] / report["base_gflops"]
+    if out is not None:
+        manifest = dict(source=str(model), method=method, flops_target=flops, imgsz=imgsz, round_to=round_to,
+                        widths=masks.alive_count(), base_gflops=report["base_gflops"])  # fmt: skip
+        save_checkpoint(slim_model, out, manifest)
+    report["model"] = slim_model
+    return report
+
+
+def info(model, imgsz: int = 640) -> dict:
+    """GFLOPs, params, prunable channel groups and barriers of `model` (a JSON-able dict)."""
+    from .graph.analyze import analyze
+    from .nn.build import load_model
+
+    m = load_model(model)
+    graph = analyze(m, imgsz)
+    return {
+        "model": str(model),
+        "imgsz": imgsz,
+        "gflops": graph.gflops(),
+        "params": sum(p.numel() for p in m.parameters()),
+        "groups": graph.summary(),
+        "barriers": graph.barriers,
+    }
+
+
+def format_info(info: dict) -> str:
+    lines = [f"{info['model']}: {info['gflops']:.3f} GFLOPs at {info['imgsz']}, {info['params'] / 1e6:.3f} M params, "
+             f"{len(info['groups'])} prunable channel groups"]  # fmt: skip
+    lines += [f"  {g['group']:<24}{g['width']:>6}  {', '.join(g['members'])}" for g in info["groups"]]
+    if info["barriers"]:
+        lines.append("kept whole (no channel rule): " + ", ".join(info["barriers"]))
+    return "\n".join(lines)
+
+
+def _check_flops(flops: float):
+    from .errors import YoloPruneError
+
+    if not 0 < flops < 1:
+        raise YoloPruneError(f"--flops must be a fraction strictly between 0 and 1 (e.g. 0.37), got {flops}.")
+
+
+def train(cfg=None, flops: float = 0.0, method: str = "effp", data=None, weights=None, prune_args: dict | None = None,
+          **overrides) -> dict:  # fmt: skip
+    """Train with the Ultralytics trainer while pruning to remove `flops` of the FLOPs; ends with slim weights.
+
+    Args:
+        cfg: model YAML (ours by name, Ultralytics' by name, or a path); default yolov7-tiny.yaml.
+        flops: fraction of FLOPs to remove (0 trains without pruning).
+        method: in-training method key (effp, asfp).
+        data: Ultralytics dataset YAML; default: the embedded demo dataset (generated once, kept on disk).
+        weights: initialise from this checkpoint (Ultralytics, or an official YOLOv5/YOLOv7 one, imported).
+        prune_args: round_to, min_keep, imgsz (FLOPs counting), warmup_frac, prune_frac, steps_per_epoch.
+        **overrides: any Ultralytics train argument (epochs, imgsz, batch, device, project, name, resume, ...).
+
+    Returns:
+        dict with `best`, `last` checkpoint paths, `save_dir` and the summary `rows` (base and slim).
+    """
+    from .methods.schedule import PruneSettings
+    from .train.run import run_training
+
+    settings = PruneSettings(flops=flops, method=method, **(prune_args or {})).validate()
+    return run_training(cfg=cfg, settings=settings, data=data, weights=weights, overrides=overrides)

@@ -25,7 +25,7 @@ def _build_parser() -> argparse.ArgumentParser:
     p.add_argument("--method", default="l1", choices=list_methods(one_shot=True))
     p.add_argument("--imgsz", type=int, default=640, help="image size at which FLOPs are counted")
     p.add_argument("--round-to", type=int, default=8, help="kept widths are multiples of this (TensorRT likes 8)")
-    p.add_argument("--min-keep", type=float, default=0.1, help="never keep less than this fraction of a group")
+    p.add_argument("--min-keep", type=float, default=0.25, help="never keep less than this fraction of a group")
     p.add_argument("--out", required=True, help="output checkpoint path (.pt)")
 
     p = sub.add_parser("info", help="FLOPs, params and prunable channel groups of a model")
@@ -47,7 +47,7 @@ def _build_parser() -> argparse.ArgumentParser:
     p.add_argument("--name", default=None)
     p.add_argument("--resume", default=None, nargs="?", const=True, help="resume from last.pt (path or flag)")
     p.add_argument("--round-to", type=int, default=8)
-    p.add_argument("--min-keep", type=float, default=0.1)
+    p.add_argument("--min-keep", type=float, default=None, help="floor per group (default 0.25)")
     p.add_argument("--warmup-frac", type=float, default=None, help="fraction of epochs before pruning starts")
     p.add_argument("--prune-frac", type=float, default=None, help="fraction of epochs at which the target is reached")
     p.add_argument("--steps-per-epoch", type=int, default=None, help="pruning steps per epoch in the pruning phase")

@@ -113,3 +113,15 @@ def _detect(t: Tracer, m, xs):
 @channel_rule(DFL)
 def _dfl(t: Tracer, m, x):
     return None
+
+
+# --- yolo-prune modules ---
+from ..nn.modules import SPPCSPC  # noqa: E402  (our YOLOv7 block; importing it also registers it for YAML parsing)
+
+
+@channel_rule(SPPCSPC)
+def _sppcspc(t: Tracer, m, x):
+    x1 = t.conv(m.cv4, t.conv(m.cv3, t.conv(m.cv1, x)))
+    # the pooled copies carry x1's labels: one channel of cv4 feeds len(m.m) + 1 input channels of cv5
+    y1 = t.conv(m.cv6, t.conv(m.cv5, t.cat([x1] + [t.run(p, x1) for p in m.m])))
+    return t.conv(m.cv7, t.cat([y1, t.conv(m.cv2, x)]))

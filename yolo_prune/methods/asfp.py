@@ -1,0 +1,63 @@
+"""ASFP: Adaptive Scaling Filter Pruning (Ko, Kang, Kim, IEEE Access 12, 2024), reconstructed.
+
+Paper: a single learning process whose "adaptive scaling method dynamically adjusts the size of the network to reflect
+the changing redundancy in the pruned network". Only the abstract is public; our reconstruction (docs/methods.md):
+at every pruning step, on the *current* pruned network,
+1. score every channel (folded L1 of the dense shadow weights, masked channels included);
+2. redundancy of group g: rho_g = share of its alive channels scoring below `kappa` x their median; proposed width
+   w_g = alive_g * (1 - rho_g) + (masked channels scoring above that median)  -- layers can grow back;
+3. one global scale sigma, found by bisection, maps the proposals onto the current FLOPs target:
+   width_g = clip(round_to * round(sigma * w_g / round_to), floor_g, full_g);
+4. each group keeps its top-width_g channels; the shared budget trims the last rounding remainder exactly.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..masks.mask import MaskSet
+from .base import PruningMethod, register_method
+from .criteria import folded_l1
+
+
+@register_method("asfp")
+class ASFP(PruningMethod):
+    kappa = 0.5
+
+    def score(self, model, masks):
+        return folded_l1(model, self.graph)
+
+    def prune_step(self, model, masks: MaskSet, target_gflops: float, progress: float) -> MaskSet:
+        scores = self.score(model, masks)
+        proposal = {g.name: self._proposed_width(scores[g.name], masks.masks[g.name]) for g in self.graph.groups}
+        lo, hi = 0.0, 4.0
+        for _ in range(40):  # smallest sigma whose FLOPs still reach the target (then trimmed exactly below)
+            mid = (lo + hi) / 2
+            if self.graph.gflops(self._top(scores, self._widths(proposal, mid))) >= target_gflops:
+                hi = mid
+            else:
+                lo = mid
+        start = self._top(scores, self._widths(proposal, hi))
+        return MaskSet(self.graph, self.budget.allocate(scores, target_gflops, start=start))
+
+    def _proposed_width(self, score: np.ndarray, alive: np.ndarray) -> float:
+        median = np.median(score[alive]) if alive.any() else 0.0
+        redundant = (score[alive] < self.kappa * median).mean() if alive.any() else 0.0
+        return alive.sum() * (1 - redundant) + (score[~alive] > median).sum()
+
+    def _widths(self, proposal: dict[str, float], sigma: float) -> dict[str, int]:
+        r = self.budget.round_to
+        widths = {}
+        for g in self.graph.groups:
+            w = r * round(sigma * proposal[g.name] / r)
+            widths[g.name] = int(min(max(w, self.budget.floors[g.gid]), g.width))
+        return widths
+
+    @staticmethod
+    def _top(scores, widths):
+        masks = {}
+        for k, w in widths.items():
+            keep = np.zeros(len(scores[k]), bool)
+            keep[np.argsort(-scores[k], kind="stable")[:w]] = True
+            masks[k] = keep
+        return masks

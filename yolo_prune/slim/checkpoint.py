@@ -1,0 +1,61 @@
+"""Write slim models in the Ultralytics checkpoint layout, atomically."""
+
+from __future__ import annotations
+
+import copy
+import os
+from datetime import datetime
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from ..errors import YoloPruneError
+
+
+def check_output_path(out) -> Path:
+    """Validate an output checkpoint path before any work is done (so a bad path fails fast, with nothing written)."""
+    path = Path(out)
+    if path.suffix != ".pt":
+        raise YoloPruneError(f"Output '{out}' must be a .pt file (an Ultralytics checkpoint).")
+    if path.is_dir():
+        raise YoloPruneError(f"Output '{out}' is a directory; give a file name ending in .pt.")
+    return path
+
+
+def save_checkpoint(model: nn.Module, out, manifest: dict, train_args: dict | None = None) -> Path:
+    """Save `model` so that `YOLO(out)`, `yolo predict/val/export` and further training load it as is.
+
+    The weights are stored in float32 (Ultralytics stores FP16; pruned BN statistics are worth the exact copy), with
+    `manifest` (method, target, kept widths) under the extra key "yolo_prune".
+    """
+    from ultralytics import __version__
+
+    path = check_output_path(out)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    model = copy.deepcopy(model).float().eval()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    ckpt = {
+        "date": datetime.now().astimezone().isoformat(),
+        "version": __version__,
+        "license": "AGPL-3.0 (https://ultralytics.com/license)",
+        "docs": "https://docs.ultralytics.com",
+        "epoch": -1,
+        "best_fitness": None,
+        "model": model,
+        "ema": None,
+        "updates": None,
+        "optimizer": None,
+        "train_args": train_args or {},
+        "train_metrics": None,
+        "train_results": None,
+        "yolo_prune": manifest,
+    }
+    tmp = path.with_name(path.name + ".tmp")
+    try:
+        torch.save(ckpt, tmp)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path

@@ -1,0 +1,38 @@
+"""End of a pruning run: turn the masked checkpoints into physically slim ones, in place."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+
+from ..graph.analyze import ChannelGraph
+from ..slim.slim import slim
+from .trainer import STATE_ATTR
+
+
+def slim_checkpoint(path: Path, graph: ChannelGraph) -> None:
+    """Replace the masked EMA model in an Ultralytics checkpoint by its slim equivalent (FP16, as Ultralytics saves).
+
+    The optimizer state belongs to the dense parameters and cannot survive slimming; a finished run does not resume.
+    """
+    ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    ema = ckpt.get("ema")
+    state = getattr(ema, STATE_ATTR, None)
+    if state is None:  # already slim (a re-run of final_eval) or not ours
+        return
+    delattr(ema, STATE_ATTR)
+    masks = {k: v.numpy().astype(bool) for k, v in state["pruner"]["masks"].items()}
+    slim_model = slim(ema.float(), graph, masks).half()
+    ckpt.update(ema=slim_model, model=None, optimizer=None, scaler=None)
+    ckpt["yolo_prune"] = {
+        "method": state["pruner"]["settings"]["method"],
+        "settings": state["pruner"]["settings"],
+        "widths": {k: int(v.sum()) for k, v in masks.items()},
+        "base_gflops": graph.gflops(),
+        "slim_gflops": graph.gflops(masks),
+    }
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(ckpt, tmp)
+    os.replace(tmp, path)

@@ -1,0 +1,141 @@
+"""Pruning during training: keeps the masks exact across optimizer steps, EMA and resume.
+
+Masked channels have zero BN scale/shift in the model (see masks/mask.py), so the network trains *as* the light model.
+Their dense values live on as shadow copies that keep training (DPF-style): right before each optimizer step the
+shadows are put back into the masked rows, so the step updates them with the gradient the masked channel receives;
+right after, the new values are saved and the rows zeroed again. A regrown channel thus returns with trained values
+instead of stale ones. Optimizer moments of masked rows are zeroed, and the EMA copy is masked after its update.
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..graph.analyze import analyze
+from ..masks.budget import Budget
+from ..masks.mask import MaskSet
+from ..methods import get_method
+from ..methods.schedule import PruneSettings, Schedule
+
+
+class InTrainingPruner:
+    def __init__(self, model: nn.Module, settings: PruneSettings, epochs: int):
+        self.settings = settings
+        self.graph = analyze(model, settings.imgsz)
+        self.budget = Budget(self.graph, settings.round_to, settings.min_keep)
+        self.method = get_method(settings.method)(self.graph, self.budget)
+        self.schedule = Schedule(settings, epochs)
+        self.base_gflops = self.graph.gflops()
+        self.masks = MaskSet(self.graph)
+        self.steps_done = 0
+        self.norms = sorted({s.site.norm_name for s in self.graph.sites if s.site.norm_name})
+        self.shadow = self._read_bn(model)
+
+    @property
+    def final(self) -> bool:
+        """True once the last pruning step ran: the architecture is fixed from here on."""
+        return self.steps_done >= len(self.schedule.positions)
+
+    # -- around every optimizer step ----------------------------------------------------------------------------------
+    @torch.no_grad()
+    def before_optimizer_step(self, model: nn.Module):
+        """Put the dense shadow values back into masked rows, so the optimizer step trains them too."""
+        modules = dict(model.named_modules())
+        for name, keep in self.masks.norm_keep.items():
+            bn, dead = modules[name], ~keep.to(modules[name].weight.device)
+            bn.weight[dead] = self.shadow[name][0][dead].to(bn.weight.dtype)
+            bn.bias[dead] = self.shadow[name][1][dead].to(bn.bias.dtype)
+
+    @torch.no_grad()
+    def after_optimizer_step(self, model: nn.Module, optimizer: torch.optim.Optimizer, ema=None):
+        self.shadow.update(self._read_bn(model, self.masks.norm_keep))
+        self.masks.apply(model)
+        for param, dead in self.masks.dead_rows(model).items():
+            for value in optimizer.state.get(param, {}).values():
+                if torch.is_tensor(value) and value.shape == param.shape:
+                    value[dead] = 0
+        if ema is not None:
+            self.masks.apply(ema.ema)
+
+    # -- pruning steps ------------------------------------------------------------------------------------------------
+    def maybe_step(self, model: nn.Module, ema, position: float) -> bool:
+        """Run the pruning step due at `position` (in epochs), if any. Returns True if the masks changed."""
+        k = self.schedule.due(position, self.steps_done)
+        if k is None:
+            return False
+        target = self.base_gflops * (1 - self.schedule.cut(k))
+        with self._dense(model):  # score on dense values: masked channels compete for regrowth
+            new = self.method.prune_step(model, self.masks, target, self.schedule.progress(k))
+        self.set_masks(_broadcast(new.masks), model, ema)
+        self.steps_done = k + 1
+        return True
+
+    @torch.no_grad()
+    def set_masks(self, masks: dict[str, np.ndarray], model: nn.Module, ema=None):
+        """Switch to new masks: newly masked rows are zeroed, regrown rows get their shadow values back."""
+        self.before_optimizer_step(model)  # all rows dense
+        self.shadow = self._read_bn(model)
+        if ema is not None:
+            self._write_bn(ema.ema, self.shadow, self.masks.norm_keep)
+        self.masks = MaskSet(self.graph, masks)
+        self.masks.apply(model)
+        if ema is not None:
+            self.masks.apply(ema.ema)
+
+    @contextmanager
+    def _dense(self, model):
+        self.before_optimizer_step(model)
+        try:
+            yield
+        finally:
+            self.masks.apply(model)
+
+    # -- bookkeeping --------------------------------------------------------------------------------------------------
+    def _read_bn(self, model, only=None) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+        modules = dict(model.named_modules())
+        names = self.norms if only is None else only
+        return {n: (modules[n].weight.detach().float().cpu().clone(), modules[n].bias.detach().float().cpu().clone())
+                for n in names}  # fmt: skip
+
+    @torch.no_grad()
+    def _write_bn(self, model, values, rows):
+        """Write shadow values into the given rows (dead rows of `rows`) of `model`'s BNs."""
+        modules = dict(model.named_modules())
+        for name, keep in rows.items():
+            bn, dead = modules[name], ~keep.to(modules[name].weight.device)
+            bn.weight[dead] = values[name][0][dead].to(bn.weight)
+            bn.bias[dead] = values[name][1][dead].to(bn.bias)
+
+    def widths(self) -> list[int]:
+        return [int(self.masks.masks[g.name].sum()) for g in self.graph.groups]
+
+    def state_dict(self) -> dict:
+        return {
+            "settings": self.settings.to_dict(),
+            "masks": self.masks.state_dict(),
+            "steps_done": self.steps_done,
+            "shadow": {k: (w.clone(), b.clone()) for k, (w, b) in self.shadow.items()},
+            "method": self.method.state_dict(),
+        }
+
+    def load_state_dict(self, state: dict, model: nn.Module, ema=None):
+        self.shadow = {k: (w.float(), b.float()) for k, (w, b) in state["shadow"].items()}
+        self.steps_done = int(state["steps_done"])
+        self.method.load_state_dict(state.get("method", {}))
+        self.masks = MaskSet.from_state_dict(self.graph, state["masks"])
+        self.masks.apply(model)
+        if ema is not None:
+            self.masks.apply(ema.ema)
+
+
+def _broadcast(masks: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Make every DDP rank use rank 0's masks (they already agree when weights are in sync; this guarantees it)."""
+    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+        return masks
+    payload = [masks]
+    torch.distributed.broadcast_object_list(payload, src=0)
+    return payload[0]

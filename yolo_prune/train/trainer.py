@@ -1,0 +1,196 @@
+"""PruneTrainer: Ultralytics' DetectionTrainer that prunes while it trains, in one run, ending with a slim model.
+
+Integration is by subclassing only:
+- `get_model` never rebuilds a given model from its YAML (the trap that silently re-widens pruned models);
+- `optimizer_step` wraps the stock step: shadow values in, step, shadows saved, masks re-applied, moments zeroed,
+  EMA masked;
+- a batch-end callback runs the pruning steps of the schedule; an epoch-end callback logs widths and FLOPs;
+- `save_model` stashes the pruning state (and the exact fp32 training state, for bit-exact resume) on the EMA module
+  that Ultralytics pickles into last.pt; `resume_training` reads it back;
+- `validate` only lets epochs with the final architecture compete for best.pt;
+- `final_eval` rewrites last.pt and best.pt as physically slim models before Ultralytics validates best.pt.
+DDP children rebuild the trainer from its module path; the prune settings reach them through $YOLO_PRUNE_SETTINGS.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+from copy import deepcopy
+from pathlib import Path
+
+import numpy as np
+import torch
+from ultralytics.models.yolo.detect import DetectionTrainer
+from ultralytics.utils import DEFAULT_CFG, LOGGER, RANK
+from ultralytics.utils.torch_utils import unwrap_model
+
+from ..methods.schedule import PruneSettings
+from ..nn.build import load_model
+from .pruner import InTrainingPruner
+
+SETTINGS_ENV = "YOLO_PRUNE_SETTINGS"
+STATE_ATTR = "yolo_prune_state"  # attribute of the pickled EMA module in last.pt
+
+
+class PruneTrainer(DetectionTrainer):
+    """A DetectionTrainer with a pruning method, schedule and exact masks; `prune=None` trains a (slim) model as is."""
+
+    def __init__(self, cfg=DEFAULT_CFG, overrides=None, _callbacks=None, prune: PruneSettings | None = None):
+        super().__init__(cfg, overrides, _callbacks)
+        if prune is None and os.environ.get(SETTINGS_ENV):  # a DDP child, or a resumed run (settings below)
+            prune = PruneSettings(**json.loads(os.environ[SETTINGS_ENV]))
+        self.prune_settings = (prune or PruneSettings()).validate()
+        os.environ[SETTINGS_ENV] = json.dumps(self.prune_settings.to_dict())
+        self.pruner: InTrainingPruner | None = None
+        self.prune_log = None
+        self._resume_state = None
+        self._batch = 0
+        self.add_callback("on_train_epoch_start", _on_epoch_start)
+        self.add_callback("on_train_batch_end", _on_batch_end)
+        self.add_callback("on_fit_epoch_end", _on_fit_epoch_end)
+
+    # -- model --------------------------------------------------------------------------------------------------------
+    def get_model(self, cfg=None, weights=None, verbose=True):
+        """A given model (slim, masked or pretrained checkpoint) is used as it is; only a YAML is built."""
+        if isinstance(weights, torch.nn.Module) and not isinstance(cfg, (str, Path)):
+            model = weights
+            if getattr(model, "nc", None) != self.data["nc"]:
+                from ..errors import YoloPruneError
+
+                raise YoloPruneError(
+                    f"The checkpoint predicts {model.nc} classes but the dataset has {self.data['nc']}; a pruned "
+                    "model cannot be rebuilt for another class count. Use a dataset with the same classes."
+                )
+        else:
+            model = load_model(cfg, nc=self.data["nc"])
+            if weights is not None:
+                model.load(weights)
+        for p in model.parameters():
+            p.requires_grad_(True)
+        return self.set_model_names_for_load(model.float())
+
+    # -- setup and resume ---------------------------------------------------------------------------------------------
+    def _setup_train(self):
+        super()._setup_train()
+        if not self.prune_settings.flops:
+            return
+        model = unwrap_model(self.model)
+        self.pruner = InTrainingPruner(model, self.prune_settings, self.epochs)
+        if self._resume_state is not None:
+            self._restore_exact_state(self._resume_state)
+        if RANK in {-1, 0}:
+            from .log import PruneLog
+
+            g = self.pruner.graph
+            self.prune_log = PruneLog(self.save_dir, [x.name for x in g.groups], [x.width for x in g.groups],
+                                      self.pruner.base_gflops)  # fmt: skip
+            LOGGER.info(
+                f"yolo-prune: {self.prune_settings.method} to remove {self.prune_settings.flops:.0%} of "
+                f"{self.pruner.base_gflops:.2f} GFLOPs at {self.prune_settings.imgsz}; {len(g.groups)} channel groups, "
+                f"{len(self.pruner.schedule.positions)} pruning steps between epochs "
+                f"{self.pruner.schedule.positions[0]:.2f} and {self.pruner.schedule.positions[-1]:.2f}"
+            )
+
+    def resume_training(self, ckpt):
+        super().resume_training(ckpt)
+        if ckpt is not None and self.resume:
+            self._resume_state = getattr(ckpt.get("ema"), STATE_ATTR, None)
+            if self._resume_state is not None:
+                self.prune_settings = PruneSettings(**self._resume_state["pruner"]["settings"]).validate()
+                os.environ[SETTINGS_ENV] = json.dumps(self.prune_settings.to_dict())
+
+    def _restore_exact_state(self, state):
+        """Resume bit-exactly: fp32 weights, EMA and optimizer (Ultralytics keeps only FP16 copies), pruning state."""
+        model = unwrap_model(self.model)
+        model.load_state_dict(state["model"])
+        self.ema.ema.load_state_dict(state["ema"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.pruner.load_state_dict(state["pruner"], model, self.ema)
+
+    # -- training step ------------------------------------------------------------------------------------------------
+    def optimizer_step(self):
+        if self.pruner is None:
+            return super().optimizer_step()
+        model = unwrap_model(self.model)
+        self.pruner.before_optimizer_step(model)
+        super().optimizer_step()
+        self.pruner.after_optimizer_step(model, self.optimizer, self.ema)
+
+    # -- checkpoints and validation -----------------------------------------------------------------------------------
+    def validate(self):
+        metrics, fitness = super().validate()
+        if self.pruner is not None and not self.pruner.final:
+            self.best_fitness = None  # best.pt only from epochs with the final architecture
+        return metrics, fitness
+
+    def save_model(self):
+        if self.pruner is None:
+            return super().save_model()
+        ema = self.ema.ema
+        setattr(ema, STATE_ATTR, {
+            "pruner": self.pruner.state_dict(),
+            "model": {k: v.detach().clone() for k, v in unwrap_model(self.model).state_dict().items()},
+            "ema": {k: v.detach().clone() for k, v in ema.state_dict().items()},
+            "optimizer": deepcopy(self.optimizer.state_dict()),
+            "rng": _rng_state(self.train_loader),
+        })  # fmt: skip
+        try:
+            return super().save_model()
+        finally:
+            delattr(ema, STATE_ATTR)
+
+    def final_eval(self):
+        if self.pruner is not None and RANK in {-1, 0}:
+            from .finalize import slim_checkpoint
+
+            for path in (self.last, self.best):
+                if path.exists():
+                    slim_checkpoint(path, self.pruner.graph)
+            if self.prune_log is not None:
+                self.prune_log.plot()
+        super().final_eval()
+
+
+# Callbacks are module-level functions (picklable, re-registered by DDP children through __init__).
+def _on_epoch_start(trainer: PruneTrainer):
+    trainer._batch = 0
+    state = trainer._resume_state
+    if state is not None:  # first epoch after a resume: continue the random streams where the killed run was
+        _set_rng_state(state["rng"], trainer.train_loader)
+        trainer._resume_state = None
+
+
+def _on_batch_end(trainer: PruneTrainer):
+    trainer._batch += 1
+    if trainer.pruner is not None:
+        position = trainer.epoch + trainer._batch / len(trainer.train_loader)
+        trainer.pruner.maybe_step(unwrap_model(trainer.model), trainer.ema, position)
+
+
+def _on_fit_epoch_end(trainer: PruneTrainer):
+    if trainer.pruner is not None and trainer.prune_log is not None and trainer.epoch < trainer.epochs:
+        p = trainer.pruner
+        trainer.prune_log.record(trainer.epoch, p.masks.gflops(),
+                                 p.graph.params(unwrap_model(trainer.model), p.masks.masks), p.widths())  # fmt: skip
+
+
+def _rng_state(loader) -> dict:
+    sampler = getattr(loader, "sampler", None)
+    generator = getattr(sampler, "generator", None)
+    return {
+        "torch": torch.get_rng_state(),
+        "numpy": np.random.get_state(),
+        "python": random.getstate(),
+        "sampler": generator.get_state() if generator is not None else None,
+    }
+
+
+def _set_rng_state(state: dict, loader):
+    torch.set_rng_state(state["torch"])
+    np.random.set_state(state["numpy"])
+    random.setstate(state["python"])
+    generator = getattr(getattr(loader, "sampler", None), "generator", None)
+    if generator is not None and state["sampler"] is not None:
+        generator.set_state(state["sampler"])
