@@ -4,11 +4,13 @@ Paper: "we make redundant filters zero to make the output feature map the same a
 pruning/regrowing method to gradually remove unimportant filters to avoid permanently pruning important filters".
 Only the abstract is public; our reconstruction (docs/methods.md):
 - zero masks act after BN (shared MaskSet), so the training net *is* the light model;
-- every pruning step re-ranks all channels, masked ones included, by the folded-L1 norm of their dense shadow weights
-  (masked BN scale/shift keep training in the trainer, DPF-style), and allocates the current FLOPs target globally;
-- channels that the new ranking wants back are regrown, but only up to a regrowth budget that starts at
-  `regrow` x (masked channels) and decays by a cosine to none at the end of the pruning phase; a regrowth beyond the
-  budget is replaced by the best still-alive channel of the same group, so widths (and FLOPs) are unchanged.
+- every pruning step ranks all channels, masked ones included, by the folded-L1 norm of their dense shadow weights
+  (masked BN scale/shift keep training in the trainer, DPF-style);
+- prune: starting from the current masks, the shared budget masks the least important alive channels, globally and
+  FLOPs-normalised, until the step's FLOPs target is met;
+- regrow: masked channels that now outrank the weakest alive channel of their group swap places with it (widths, and
+  so FLOPs and alignment, are unchanged); at most `regrow` x (masked channels) swaps at the first step, decaying by a
+  cosine to none at the end of the pruning phase, after which the masks are fixed.
 """
 
 from __future__ import annotations
@@ -35,28 +37,27 @@ class EFFP(PruningMethod):
 
     def prune_step(self, model, masks: MaskSet, target_gflops: float, progress: float) -> MaskSet:
         scores = self.score(model, masks)
-        wanted = self.budget.allocate(scores, target_gflops)
-        budget = int(self.regrow * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0))) * self._masked(masks))
-        new = self._limit_regrowth(scores, masks.masks, wanted, budget)
+        pruned = self.budget.allocate(scores, target_gflops, start=masks.masks)
+        masked = sum(int((~m).sum()) for m in pruned.values())
+        budget = int(self.regrow * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0))) * masked)
+        new = self._regrow(scores, pruned, budget)
         self.regrown_total += sum(int((new[k] & ~masks.masks[k]).sum()) for k in new)
         return MaskSet(self.graph, new)
 
     @staticmethod
-    def _masked(masks: MaskSet) -> int:
-        return sum(int((~m).sum()) for m in masks.masks.values())
-
-    @staticmethod
-    def _limit_regrowth(scores, old, wanted, budget):
-        """Keep the `budget` best regrowths globally; swap the others for the best alive channel of their group."""
-        regrowths = [(scores[k][i], k, i) for k in wanted for i in np.flatnonzero(wanted[k] & ~old[k])]
-        regrowths.sort(key=lambda r: -r[0])
-        new = {k: v.copy() for k, v in wanted.items()}
-        for _, k, i in regrowths[budget:]:
-            spare = np.flatnonzero(old[k] & ~new[k])  # alive before, dropped now: take the best one back instead
-            if len(spare) == 0:
-                continue
-            new[k][i] = False
-            new[k][spare[np.argmax(scores[k][spare])]] = True
+    def _regrow(scores, masks, budget):
+        """Swap up to `budget` masked channels back in for weaker alive ones of the same group, best gains first."""
+        swaps = []  # (gain, group, channel to regrow, channel to mask)
+        for k, keep in masks.items():
+            dead = np.flatnonzero(~keep)[np.argsort(-scores[k][~keep], kind="stable")]
+            alive = np.flatnonzero(keep)[np.argsort(scores[k][keep], kind="stable")]
+            for back, out in zip(dead, alive):  # gains shrink along the pairs, so any top-budget cut is a prefix
+                if scores[k][back] <= scores[k][out]:
+                    break
+                swaps.append((scores[k][back] - scores[k][out], k, back, out))
+        new = {k: v.copy() for k, v in masks.items()}
+        for _, k, back, out in sorted(swaps, key=lambda s: -s[0])[:budget]:
+            new[k][back], new[k][out] = True, False
         return new
 
     def state_dict(self):

@@ -39,7 +39,7 @@ class PruneTrainer(DetectionTrainer):
 
     def __init__(self, cfg=DEFAULT_CFG, overrides=None, _callbacks=None, prune: PruneSettings | None = None):
         super().__init__(cfg, overrides, _callbacks)
-        if prune is None and os.environ.get(SETTINGS_ENV):  # a DDP child, or a resumed run (settings below)
+        if prune is None and RANK != -1 and os.environ.get(SETTINGS_ENV):  # a DDP child of a pruning run
             prune = PruneSettings(**json.loads(os.environ[SETTINGS_ENV]))
         self.prune_settings = (prune or PruneSettings()).validate()
         os.environ[SETTINGS_ENV] = json.dumps(self.prune_settings.to_dict())
@@ -56,11 +56,12 @@ class PruneTrainer(DetectionTrainer):
         """A given model (slim, masked or pretrained checkpoint) is used as it is; only a YAML is built."""
         if isinstance(weights, torch.nn.Module) and not isinstance(cfg, (str, Path)):
             model = weights
-            if getattr(model, "nc", None) != self.data["nc"]:
+            nc = getattr(model.model[-1], "nc", None)
+            if nc != self.data["nc"]:
                 from ..errors import YoloPruneError
 
                 raise YoloPruneError(
-                    f"The checkpoint predicts {model.nc} classes but the dataset has {self.data['nc']}; a pruned "
+                    f"The checkpoint predicts {nc} classes but the dataset has {self.data['nc']}; a pruned "
                     "model cannot be rebuilt for another class count. Use a dataset with the same classes."
                 )
         else:
@@ -191,6 +192,13 @@ def _set_rng_state(state: dict, loader):
     torch.set_rng_state(state["torch"])
     np.random.set_state(state["numpy"])
     random.setstate(state["python"])
-    generator = getattr(getattr(loader, "sampler", None), "generator", None)
+    sampler = getattr(loader, "sampler", None)
+    generator = getattr(sampler, "generator", None)
     if generator is not None and state["sampler"] is not None:
+        if getattr(loader, "iterator", ...) is None:  # creating the iterator draws a base seed: do it before restoring
+            loader.iterator = loader._get_iterator()
         generator.set_state(state["sampler"])
+        # The uninterrupted run's persistent iterator lets RandomSampler draw one more permutation (for its
+        # `num_samples % n` tail) before the next epoch's; a fresh iterator would not, so draw it here.
+        if isinstance(sampler, torch.utils.data.RandomSampler) and not sampler.replacement:
+            torch.randperm(len(sampler.data_source), generator=generator)
