@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from ..graph.analyze import ChannelGraph
+from ..nn.anchor import fold_pruned_implicit_a
 
 # width attributes that stock modules read in forward/fuse, refreshed from their convs after cutting
 _WIDTH_FIXES = {
@@ -21,29 +22,19 @@ _WIDTH_FIXES = {
     "C2PSA": lambda m: setattr(m, "c", m.cv1.conv.out_channels // 2),
     "RepConv": lambda m: (setattr(m, "c1", m.conv1.conv.in_channels), setattr(m, "c2", m.conv1.conv.out_channels)),
 }
-_EXTRA_SLICERS = []  # fn(model, keep: dict[conv name -> (out idx, in idx)]) for modules beyond conv/BN (anchor heads)
-
-
-def register_slicer(fn):
-    """Register a function that slices extra per-channel parameters (e.g. YOLOv7's ImplicitA) with their conv."""
-    _EXTRA_SLICERS.append(fn)
-    return fn
-
-
 @torch.no_grad()
 def slim(model: nn.Module, graph: ChannelGraph, masks: dict[str, np.ndarray]) -> nn.Module:
     """Return a slimmed deep copy of `model`; `model` itself is left untouched."""
     model = copy.deepcopy(model)
     modules = dict(model.named_modules())
     keep = graph.keep_indices(masks)
+    fold_pruned_implicit_a(model, keep)  # YOLOv7 IDetect: needs the uncut head convs, so before the cuts
     norms = {s.site.name: s.site.norm_name for s in graph.sites}
     for conv_name, (out_idx, in_idx) in keep.items():
         conv = modules[conv_name]
         _cut_conv(conv, torch.as_tensor(out_idx), torch.as_tensor(in_idx))
         if norms[conv_name]:
             _cut_bn(modules[norms[conv_name]], torch.as_tensor(out_idx))
-    for fn in _EXTRA_SLICERS:
-        fn(model, keep)
     for m in model.modules():
         fix = _WIDTH_FIXES.get(type(m).__name__)
         if fix:

@@ -10,6 +10,7 @@ instead of stale ones. Optimizer moments of masked rows are zeroed, and the EMA 
 from __future__ import annotations
 
 from contextlib import contextmanager
+from weakref import WeakKeyDictionary
 
 import numpy as np
 import torch
@@ -34,32 +35,46 @@ class InTrainingPruner:
         self.steps_done = 0
         self.norms = sorted({s.site.norm_name for s in self.graph.sites if s.site.norm_name})
         self.shadow = self._read_bn(model)
+        self._rows_cache: WeakKeyDictionary = WeakKeyDictionary()
 
     @property
     def final(self) -> bool:
         """True once the last pruning step ran: the architecture is fixed from here on."""
         return self.steps_done >= len(self.schedule.positions)
 
+    def _rows(self, model: nn.Module) -> list[tuple[str, nn.BatchNorm2d, torch.Tensor]]:
+        """(name, BN, dead rows) of every BN with masked channels in `model`; cached until the masks change."""
+        rows = self._rows_cache.get(model)
+        if rows is None:
+            modules = dict(model.named_modules())
+            rows = [(n, modules[n], ~keep.to(modules[n].weight.device)) for n, keep in self.masks.norm_keep.items()]
+            for n, bn, _ in rows:
+                self.shadow[n] = tuple(t.to(bn.weight.device) for t in self.shadow[n])
+            self._rows_cache[model] = rows
+        return rows
+
     # -- around every optimizer step ----------------------------------------------------------------------------------
     @torch.no_grad()
     def before_optimizer_step(self, model: nn.Module):
         """Put the dense shadow values back into masked rows, so the optimizer step trains them too."""
-        modules = dict(model.named_modules())
-        for name, keep in self.masks.norm_keep.items():
-            bn, dead = modules[name], ~keep.to(modules[name].weight.device)
+        for name, bn, dead in self._rows(model):
             bn.weight[dead] = self.shadow[name][0][dead].to(bn.weight.dtype)
             bn.bias[dead] = self.shadow[name][1][dead].to(bn.bias.dtype)
 
     @torch.no_grad()
     def after_optimizer_step(self, model: nn.Module, optimizer: torch.optim.Optimizer, ema=None):
-        self.shadow.update(self._read_bn(model, self.masks.norm_keep))
-        self.masks.apply(model)
-        for param, dead in self.masks.dead_rows(model).items():
-            for value in optimizer.state.get(param, {}).values():
-                if torch.is_tensor(value) and value.shape == param.shape:
-                    value[dead] = 0
+        """Save the trained shadow rows, zero them again, zero their optimizer moments, mask the EMA."""
+        for name, bn, dead in self._rows(model):
+            for param, shadow in zip((bn.weight, bn.bias), self.shadow[name]):
+                shadow[dead] = param[dead].to(shadow.dtype)
+                param[dead] = 0
+                for value in optimizer.state.get(param, {}).values():
+                    if torch.is_tensor(value) and value.shape == param.shape:
+                        value[dead] = 0
         if ema is not None:
-            self.masks.apply(ema.ema)
+            for _, bn, dead in self._rows(ema.ema):
+                bn.weight[dead] = 0
+                bn.bias[dead] = 0
 
     # -- pruning steps ------------------------------------------------------------------------------------------------
     def maybe_step(self, model: nn.Module, ema, position: float) -> bool:
@@ -78,10 +93,11 @@ class InTrainingPruner:
     def set_masks(self, masks: dict[str, np.ndarray], model: nn.Module, ema=None):
         """Switch to new masks: newly masked rows are zeroed, regrown rows get their shadow values back."""
         self.before_optimizer_step(model)  # all rows dense
+        if ema is not None:  # regrown rows of the EMA start from the trained shadow values, not from zero
+            self.before_optimizer_step(ema.ema)
         self.shadow = self._read_bn(model)
-        if ema is not None:
-            self._write_bn(ema.ema, self.shadow, self.masks.norm_keep)
         self.masks = MaskSet(self.graph, masks)
+        self._rows_cache = WeakKeyDictionary()
         self.masks.apply(model)
         if ema is not None:
             self.masks.apply(ema.ema)
@@ -95,20 +111,10 @@ class InTrainingPruner:
             self.masks.apply(model)
 
     # -- bookkeeping --------------------------------------------------------------------------------------------------
-    def _read_bn(self, model, only=None) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    def _read_bn(self, model) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
         modules = dict(model.named_modules())
-        names = self.norms if only is None else only
-        return {n: (modules[n].weight.detach().float().cpu().clone(), modules[n].bias.detach().float().cpu().clone())
-                for n in names}  # fmt: skip
-
-    @torch.no_grad()
-    def _write_bn(self, model, values, rows):
-        """Write shadow values into the given rows (dead rows of `rows`) of `model`'s BNs."""
-        modules = dict(model.named_modules())
-        for name, keep in rows.items():
-            bn, dead = modules[name], ~keep.to(modules[name].weight.device)
-            bn.weight[dead] = values[name][0][dead].to(bn.weight)
-            bn.bias[dead] = values[name][1][dead].to(bn.bias)
+        return {n: (modules[n].weight.detach().float().clone(), modules[n].bias.detach().float().clone())
+                for n in self.norms}  # fmt: skip
 
     def widths(self) -> list[int]:
         return [int(self.masks.masks[g.name].sum()) for g in self.graph.groups]
@@ -118,7 +124,7 @@ class InTrainingPruner:
             "settings": self.settings.to_dict(),
             "masks": self.masks.state_dict(),
             "steps_done": self.steps_done,
-            "shadow": {k: (w.clone(), b.clone()) for k, (w, b) in self.shadow.items()},
+            "shadow": {k: (w.cpu().clone(), b.cpu().clone()) for k, (w, b) in self.shadow.items()},
             "method": self.method.state_dict(),
         }
 
@@ -127,6 +133,7 @@ class InTrainingPruner:
         self.steps_done = int(state["steps_done"])
         self.method.load_state_dict(state.get("method", {}))
         self.masks = MaskSet.from_state_dict(self.graph, state["masks"])
+        self._rows_cache = WeakKeyDictionary()
         self.masks.apply(model)
         if ema is not None:
             self.masks.apply(ema.ema)

@@ -25,14 +25,15 @@ def run_training(cfg, settings: PruneSettings, data, weights, overrides: dict) -
     from .trainer import PruneTrainer
 
     overrides = dict(overrides)
-    if overrides.get("resume"):
-        trainer = PruneTrainer(overrides={"resume": overrides["resume"], "model": str(overrides["resume"])})
+    if overrides.get("resume"):  # a last.pt path, or True for the newest run (Ultralytics' rule)
+        resume = overrides["resume"]
+        trainer = PruneTrainer(overrides={"resume": resume, **({"model": str(resume)} if resume is not True else {})})
         return _finish(trainer, base=None)
     if data is None:
         from .demo_data import ensure_demo_dataset
 
         data = ensure_demo_dataset()
-        LOGGER.info(f"yolo-prune: no --data given, training on the embedded demo dataset {data}")
+        print(f"yolo-prune: no --data given, training on the embedded demo dataset {data}", flush=True)
         overrides = {**DEMO_DEFAULTS, **overrides}
     elif not Path(str(data)).exists() and not str(data).endswith(".yaml"):
         raise YoloPruneError(f"Dataset '{data}' not found; give an Ultralytics dataset YAML.")
@@ -48,7 +49,7 @@ def run_training(cfg, settings: PruneSettings, data, weights, overrides: dict) -
     if weights is not None:  # mAP before pruning is only meaningful for a trained starting point
         base_row.update(_validate(model_arg, trainer))
     result = _finish(trainer, base_row)
-    LOGGER.info("\n" + summary_table(result["rows"]))
+    print("\n" + summary_table(result["rows"]), flush=True)
     return result
 
 
