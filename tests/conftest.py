@@ -35,3 +35,35 @@ def coco128() -> Path:
 @pytest.fixture(scope="session")
 def coco8_images(coco8) -> list[Path]:
     return sorted((coco8 / "images" / "val").glob("*.jpg"))
+
+
+@pytest.fixture(scope="session")
+def slim_checkpoint(tmp_path_factory) -> Path:
+    """yolov7-tiny pruned by 37 % of its FLOPs and physically slimmed (`yolo-prune prune`), as a checkpoint."""
+    from yolo_prune.api import prune
+
+    out = tmp_path_factory.mktemp("slim") / "slim.pt"
+    prune("yolov7-tiny.yaml", flops=0.37, out=out)
+    return out
+
+
+@pytest.fixture(scope="session")
+def yolov5n_coco(tmp_path_factory) -> Path:
+    """The shared COCO-trained YOLOv5n, imported as an Ultralytics checkpoint: real detections to score."""
+    from yolo_prune.api import import_checkpoint
+
+    source = shared("yolov5n_coco", "yolov5n.pt")
+    # not named yolov5n.pt: Ultralytics would swap that name for yolov5nu.pt and try to download it
+    return Path(import_checkpoint(source, out=tmp_path_factory.mktemp("yolov5n") / "yolov5n_coco.pt"))
+
+
+@pytest.fixture(scope="session")
+def coco8_yaml(tmp_path_factory, coco8) -> Path:
+    """coco8 as an Ultralytics dataset YAML with an absolute path and the 80 COCO names (the shared folder has none)."""
+    import yaml
+    from ultralytics.utils import ROOT
+
+    names = yaml.safe_load((ROOT / "cfg/datasets/coco8.yaml").read_text())["names"]
+    path = tmp_path_factory.mktemp("data") / "coco8.yaml"
+    path.write_text(yaml.safe_dump({"path": str(coco8), "train": "images/train", "val": "images/val", "names": names}))
+    return path

@@ -47,7 +47,7 @@ def test_cli_prune_then_plain_ultralytics_cli(tmp_path, coco8_images, capsys):
     assert (tmp_path / "v8n-slim.onnx").stat().st_size > 0
 
 
-def test_slim_checkpoint_fine_tunes_without_regrowing(tmp_path, coco8):
+def test_slim_checkpoint_fine_tunes_without_regrowing(tmp_path, coco8_yaml):
     """A further .train() of a slim checkpoint keeps its widths (PruneTrainer never rebuilds from the YAML)."""
     from ultralytics import YOLO
 
@@ -55,21 +55,10 @@ def test_slim_checkpoint_fine_tunes_without_regrowing(tmp_path, coco8):
 
     out = tmp_path / "slim.pt"
     api.prune("yolov8n.yaml", flops=0.37, out=out)
-    data = _coco8_yaml(tmp_path, coco8)
-    YOLO(str(out)).train(trainer=PruneTrainer, data=str(data), epochs=1, imgsz=64, batch=4, workers=0, plots=False,
-                         project=str(tmp_path), name="ft", exist_ok=True, device="cpu", val=False)  # fmt: skip
+    YOLO(str(out)).train(trainer=PruneTrainer, data=str(coco8_yaml), epochs=1, imgsz=64, batch=4, workers=0,
+                         plots=False, project=str(tmp_path), name="ft", exist_ok=True, device="cpu", val=False)
     tuned, _ = load_checkpoint(str(tmp_path / "ft" / "weights" / "last.pt"))
     assert get_flops(tuned, 640) == pytest.approx(get_flops(load_checkpoint(str(out))[0], 640), rel=1e-9)
-
-
-def _coco8_yaml(tmp_path, coco8):
-    import yaml
-    from ultralytics.utils import ROOT
-
-    names = yaml.safe_load((ROOT / "cfg/datasets/coco8.yaml").read_text())["names"]
-    path = tmp_path / "coco8.yaml"
-    path.write_text(yaml.safe_dump({"path": str(coco8), "train": "images/train", "val": "images/val", "names": names}))
-    return path
 
 
 def test_info_json(capsys):

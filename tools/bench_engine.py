@@ -9,6 +9,7 @@ Prints one row per model; each phase is the best of --repeat runs (this machine 
 import argparse
 import os
 import time
+from functools import partial
 
 os.environ.setdefault("YOLO_OFFLINE", "1")
 
@@ -44,11 +45,11 @@ def main():
     print(f"{'model':<18}{'GFLOPs':>9}{'groups':>8}{'analyse s':>11}{'allocate s':>12}{'slim s':>9}{'total s':>9}")
     for name in args.models:
         model = load_model(name)
-        t_analyse, graph = best_of(args.repeat, lambda: analyze(model, 640))
+        t_analyse, graph = best_of(args.repeat, partial(analyze, model, 640))
         budget = Budget(graph)
-        scores = folded_l1(model, graph)
-        t_alloc, masks = best_of(args.repeat, lambda: budget.allocate(scores, graph.gflops() * (1 - args.flops)))
-        t_slim, _ = best_of(args.repeat, lambda: slim(model, graph, masks))
+        t_alloc, masks = best_of(args.repeat, partial(budget.allocate, folded_l1(model, graph),
+                                                      graph.gflops() * (1 - args.flops)))  # fmt: skip
+        t_slim, _ = best_of(args.repeat, partial(slim, model, graph, masks))
         total = t_analyse + t_alloc + t_slim
         print(f"{name:<18}{graph.gflops():>9.2f}{len(graph.groups):>8}{t_analyse:>11.3f}{t_alloc:>12.3f}"
               f"{t_slim:>9.3f}{total:>9.3f}")  # fmt: skip

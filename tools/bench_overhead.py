@@ -29,10 +29,10 @@ def main():
     from ultralytics.models.yolo.detect import DetectionTrainer
 
     from yolo_prune._ultralytics import go_offline
+    from yolo_prune.demo_data import ensure_demo_dataset
     from yolo_prune.methods.schedule import PruneSettings
     from yolo_prune.nn.build import config_path
     from yolo_prune.nn.register import register_modules
-    from yolo_prune.train.demo_data import ensure_demo_dataset
     from yolo_prune.train.trainer import PruneTrainer
 
     go_offline()

@@ -57,13 +57,13 @@ def prune(model, flops: float, method: str = "l1", imgsz: int = 640, round_to: i
     """One-shot structural prune of `model` to remove `flops` of its FLOPs; saves a slim checkpoint to `out`."""
     from ultralytics.utils.torch_utils import get_flops
 
+    from .checkpoint import check_output_path, save_checkpoint
     from .errors import YoloPruneError
     from .graph.analyze import analyze
     from .masks.budget import Budget
     from .masks.mask import MaskSet
     from .methods import get_method
     from .nn.build import load_model
-    from .slim.checkpoint import check_output_path, save_checkpoint
     from .slim.slim import slim
 
     _check_flops(flops)
@@ -80,8 +80,7 @@ def prune(model, flops: float, method: str = "l1", imgsz: int = 640, round_to: i
     slim_model = slim(base, graph, masks.masks)
     report = PruneReport(
         base_gflops=graph.gflops(), predicted_gflops=masks.gflops(), slim_gflops=get_flops(slim_model, imgsz),
-        base_params=sum(p.numel() for p in base.parameters()), slim_params=sum(p.numel() for p in slim_model.parameters()),
-        target=flops, imgsz=imgsz, out=str(out),
+        base_params=_count(base), slim_params=_count(slim_model), target=flops, imgsz=imgsz, out=str(out),
     )  # fmt: skip
     report["cut"] = 1 - report["slim_gflops"] / report["base_gflops"]
     if out is not None:
@@ -103,7 +102,7 @@ def info(model, imgsz: int = 640) -> dict:
         "model": str(model),
         "imgsz": imgsz,
         "gflops": graph.gflops(),
-        "params": sum(p.numel() for p in m.parameters()),
+        "params": _count(m),
         "groups": graph.summary(),
         "barriers": graph.barriers,
     }
@@ -116,6 +115,10 @@ def format_info(info: dict) -> str:
     if info["barriers"]:
         lines.append("kept whole (no channel rule): " + ", ".join(info["barriers"]))
     return "\n".join(lines)
+
+
+def _count(model) -> int:
+    return sum(p.numel() for p in model.parameters())
 
 
 def _check_flops(flops: float):

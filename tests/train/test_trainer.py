@@ -9,8 +9,9 @@ from ultralytics.utils.torch_utils import get_flops, unwrap_model
 from yolo_prune.methods.schedule import PruneSettings
 from yolo_prune.train.trainer import PruneTrainer
 
+# 4 batches an epoch of 1 image each; nbs=1 steps the optimizer every batch; no mosaic (its image buffer is state)
 TINY = dict(epochs=3, imgsz=64, batch=1, workers=0, plots=False, device="cpu", exist_ok=True, val=True,
-            close_mosaic=0, mosaic=0.0, nbs=1, seed=0, deterministic=True)  # fmt: skip  (4 batches an epoch, 1 image each)
+            close_mosaic=0, mosaic=0.0, nbs=1, seed=0, deterministic=True)  # fmt: skip
 
 
 def make_trainer(tmp_path, data, name, method="effp", flops=0.37, cfg="yolov8n.yaml", **kw):

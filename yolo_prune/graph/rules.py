@@ -4,7 +4,6 @@ Each rule replays the module's `forward` on labels (see trace.py). Modules witho
 """
 
 from torch import nn
-from ultralytics.nn.modules.block import C3k, PSABlock
 from ultralytics.nn.modules import (
     C2PSA,
     C3,
@@ -19,6 +18,7 @@ from ultralytics.nn.modules import (
     DWConv,
     RepConv,
 )
+from ultralytics.nn.modules.block import C3k, PSABlock
 
 from .trace import Tracer, channel_rule
 
@@ -125,3 +125,24 @@ def _sppcspc(t: Tracer, m, x):
     # the pooled copies carry x1's labels: one channel of cv4 feeds len(m.m) + 1 input channels of cv5
     y1 = t.conv(m.cv6, t.conv(m.cv5, t.cat([x1] + [t.run(p, x1) for p in m.m])))
     return t.conv(m.cv7, t.cat([y1, t.conv(m.cv2, x)]))
+
+
+# --- anchor heads ---
+from ..nn.anchor import AnchorDetect, IDetect, ImplicitM  # noqa: E402  (YOLOv5 Detect, YOLOv7 IDetect)
+
+
+@channel_rule(AnchorDetect, IDetect)
+def _anchor_detect(t: Tracer, m, xs):
+    # each level's bare 1x1 conv keeps its na*(5+nc) outputs; its input channels prune with the layer feeding it. An
+    # IDetect's ImplicitA shifts those input channels (sliced with them, its removed constants folded into the conv
+    # bias: see anchor.implicit_a_feeds); its ImplicitM scales the fixed outputs and is never cut
+    for conv, x in zip(m.m, xs):
+        t.conv(conv, x, fixed_out=True)
+    return None
+
+
+# ImplicitA has no rule on purpose: it adds a constant, so a channel masked to zero before it is no longer zero after;
+# outside IDetect (whose rule above accounts for it) it stays a barrier.
+@channel_rule(ImplicitM)
+def _implicit_m(t: Tracer, m, x):
+    return x  # a per-channel gain: zero stays zero, channels stay apart

@@ -30,10 +30,8 @@ class Budget:
         self.touch: list[list[tuple[int, np.ndarray, np.ndarray]]] = [[] for _ in graph.groups]
         self.site_groups: list[set[int]] = []
         for i, s in enumerate(graph.sites):
-            groups = set()
-            for comps, is_out in ((s.out_comp, True), (s.in_comp, False)):
-                comps = comps[comps >= 0]
-                groups.update(graph.comp_group[comps].tolist())
+            comps = np.concatenate([s.out_comp, s.in_comp])
+            groups = set(graph.comp_group[comps[comps >= 0]].tolist())
             for gid in groups:
                 width = graph.groups[gid].width
                 occ = [np.bincount(graph.comp_local[c[c >= 0][graph.comp_group[c[c >= 0]] == gid]], minlength=width)

@@ -38,15 +38,6 @@ class MaskSet:
             bn.bias[dead] = 0
         return model
 
-    def dead_rows(self, model: nn.Module) -> dict[nn.Parameter, torch.Tensor]:
-        """Parameter -> bool of masked rows, for the BN scale/shift of every masked channel."""
-        modules = dict(model.named_modules())
-        rows = {}
-        for name, keep in self.norm_keep.items():
-            bn = modules[name]
-            rows[bn.weight] = rows[bn.bias] = ~keep.to(bn.weight.device)
-        return rows
-
     def alive_count(self) -> dict[str, int]:
         return {k: int(v.sum()) for k, v in self.masks.items()}
 

@@ -3,7 +3,7 @@
 Paper: a single learning process whose "adaptive scaling method dynamically adjusts the size of the network to reflect
 the changing redundancy in the pruned network". Only the abstract is public; our reconstruction (docs/methods.md):
 at every pruning step, on the *current* pruned network,
-1. score every channel (folded L1 of the dense shadow weights, masked channels included);
+1. score every channel (Taylor importance measured in training, masked channels included via their shadows);
 2. redundancy of group g: rho_g = share of its alive channels scoring below `kappa` x their median; proposed width
    w_g = alive_g * (1 - rho_g) + (masked channels scoring above that median)  -- layers can grow back;
 3. one global scale sigma, found by bisection, maps the proposals onto the current FLOPs target:
@@ -17,7 +17,6 @@ import numpy as np
 
 from ..masks.mask import MaskSet
 from .base import PruningMethod, register_method
-from .criteria import folded_l1
 
 
 @register_method("asfp")
@@ -25,7 +24,7 @@ class ASFP(PruningMethod):
     kappa = 0.5
 
     def score(self, model, masks):
-        return folded_l1(model, self.graph)
+        return self.training_scores(model)
 
     def prune_step(self, model, masks: MaskSet, target_gflops: float, progress: float) -> MaskSet:
         scores = self.score(model, masks)

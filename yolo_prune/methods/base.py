@@ -49,6 +49,14 @@ class PruningMethod(ABC):
 
     def __init__(self, graph: ChannelGraph, budget: Budget):
         self.graph, self.budget = graph, budget
+        # per-BN channel sensitivities measured by the trainer (Taylor, see criteria.taylor); None outside training
+        self.sensitivity: dict[str, np.ndarray] | None = None
+
+    def training_scores(self, model: nn.Module) -> dict[str, np.ndarray]:
+        """Loss-aware Taylor scores when the trainer measured them, else the data-free folded L1."""
+        from .criteria import folded_l1, taylor
+
+        return taylor(self.graph, self.sensitivity) if self.sensitivity else folded_l1(model, self.graph)
 
     @abstractmethod
     def score(self, model: nn.Module, masks: MaskSet) -> dict[str, np.ndarray]:

@@ -48,3 +48,16 @@ def folded_l1(model: nn.Module, graph: ChannelGraph, bn_scale: dict[str, torch.T
 def normalise(scores: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     """Divide each group by its mean, so layers of different scale compare (the budget then divides by FLOPs)."""
     return {k: v / max(v.mean(), 1e-12) for k, v in scores.items()}
+
+
+def taylor(graph: ChannelGraph, per_norm: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """First-order Taylor importance of post-BN channels, measured during training (see train/pruner.py).
+
+    `per_norm` holds, per BN, the mean over optimizer steps of (gamma * dL/dgamma + beta * dL/dbeta)^2: the squared
+    loss change to first order if the channel were zeroed (Molchanov et al. 2019, BN variant). Unlike norms it is in
+    units of loss, so it compares across layers: scores are divided by one global mean, not per group.
+    """
+    per_conv = {s.site.name: per_norm[s.site.norm_name] for s in graph.sites if s.site.norm_name in per_norm}
+    scores = per_group(graph, per_conv)
+    mean = np.concatenate(list(scores.values())).mean()
+    return {k: v / max(mean, 1e-30) for k, v in scores.items()}

@@ -4,8 +4,9 @@ Paper: "we make redundant filters zero to make the output feature map the same a
 pruning/regrowing method to gradually remove unimportant filters to avoid permanently pruning important filters".
 Only the abstract is public; our reconstruction (docs/methods.md):
 - zero masks act after BN (shared MaskSet), so the training net *is* the light model;
-- every pruning step ranks all channels, masked ones included, by the folded-L1 norm of their dense shadow weights
-  (masked BN scale/shift keep training in the trainer, DPF-style);
+- every pruning step ranks all channels, masked ones included, by their Taylor importance measured over the steps
+  since the last pruning step (criteria.taylor; masked channels are scored with their dense shadow BN values, which
+  keep training DPF-style, so the score says what regrowing them would gain);
 - prune: starting from the current masks, the shared budget masks the least important alive channels, globally and
   FLOPs-normalised, until the step's FLOPs target is met;
 - regrow: masked channels that now outrank the weakest alive channel of their group swap places with it (widths, and
@@ -21,7 +22,6 @@ import numpy as np
 
 from ..masks.mask import MaskSet
 from .base import PruningMethod, register_method
-from .criteria import folded_l1
 
 
 @register_method("effp")
@@ -33,7 +33,7 @@ class EFFP(PruningMethod):
         self.regrown_total = 0  # channels regrown so far in the run (reported, and checked by tests)
 
     def score(self, model, masks):
-        return folded_l1(model, self.graph)
+        return self.training_scores(model)
 
     def prune_step(self, model, masks: MaskSet, target_gflops: float, progress: float) -> MaskSet:
         scores = self.score(model, masks)

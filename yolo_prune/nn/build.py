@@ -3,7 +3,6 @@
 from importlib import resources
 from pathlib import Path
 
-import torch
 from torch import nn
 
 from ..errors import YoloPruneError
@@ -73,16 +72,28 @@ def _from_yaml(name: str, nc: int | None) -> nn.Module:
         cfg_dict = yaml_model_load(cfg)
     if cfg_dict.get("task", "detect") != "detect" or "head" not in cfg_dict:
         raise YoloPruneError(f"'{name}' is not a detection model YAML.")
+    from .anchor import AnchorDetectionModel, is_anchor_yaml
+
+    if is_anchor_yaml(cfg_dict):  # YOLOv5/YOLOv7 anchor-based head: built by our parser (see anchor.py)
+        return AnchorDetectionModel(cfg_dict, nc=nc, verbose=False)
     return DetectionModel(cfg_dict, nc=nc, verbose=False)
 
 
 def load_checkpoint(path: str) -> nn.Module:
-    """Load an Ultralytics checkpoint (EMA preferred, as Ultralytics does) as a float32 module."""
+    """Load an Ultralytics checkpoint (EMA preferred, as Ultralytics does) as a float32 module.
+
+    An official YOLOv5/YOLOv7 checkpoint (pickled `models.yolo.*` classes) is imported on the fly, without running
+    anything from it (see importer.py).
+    """
     from ultralytics.nn.tasks import load_checkpoint as ul_load
+
+    from . import importer
 
     file = Path(path)
     if not file.is_file():
         raise YoloPruneError(f"Checkpoint '{path}' does not exist.")
+    if importer.is_foreign(file):
+        return importer.load_foreign(file)
     from . import register
 
     register.register_modules()
@@ -93,20 +104,3 @@ def load_checkpoint(path: str) -> nn.Module:
     if not isinstance(model, nn.Module):
         raise YoloPruneError(f"'{path}' does not contain a model.")
     return model
-
-
-def set_requires_grad(model: nn.Module):
-    """Ultralytics' strip_optimizer leaves requires_grad=False; training code needs it back on."""
-    for p in model.parameters():
-        p.requires_grad_(True)
-    return model
-
-
-def fresh_copy(model: nn.Module) -> nn.Module:
-    """A deep copy that leaves the original untouched (slimming and masking work on copies)."""
-    import copy
-
-    return copy.deepcopy(model)
-
-
-__all__ = ["load_model", "load_checkpoint", "config_path", "shipped_configs", "torch"]

@@ -36,6 +36,9 @@ class InTrainingPruner:
         self.norms = sorted({s.site.norm_name for s in self.graph.sites if s.site.norm_name})
         self.shadow = self._read_bn(model)
         self._rows_cache: WeakKeyDictionary = WeakKeyDictionary()
+        self._norms_cache: WeakKeyDictionary = WeakKeyDictionary()
+        self.taylor: dict[str, torch.Tensor] = {}  # per BN: summed (gamma*dL/dgamma + beta*dL/dbeta)^2
+        self.taylor_steps = 0  # optimizer steps summed into `taylor` since the last pruning step
 
     @property
     def final(self) -> bool:
@@ -62,6 +65,22 @@ class InTrainingPruner:
             bn.bias[dead] = self.shadow[name][1][dead].to(bn.bias.dtype)
 
     @torch.no_grad()
+    def observe_gradients(self, model: nn.Module):
+        """Add this step's Taylor terms; call after AMP unscaling and with the shadow values in (masked rows too)."""
+        if self.final:
+            return
+        norms = self._norms_cache.get(model)
+        if norms is None:
+            modules = dict(model.named_modules())
+            norms = self._norms_cache[model] = [(n, modules[n]) for n in self.norms]
+        for name, bn in norms:
+            if bn.weight.grad is None or bn.bias.grad is None:
+                continue
+            term = (bn.weight * bn.weight.grad + bn.bias * bn.bias.grad).float() ** 2
+            self.taylor[name] = self.taylor[name] + term if name in self.taylor else term
+        self.taylor_steps += 1
+
+    @torch.no_grad()
     def after_optimizer_step(self, model: nn.Module, optimizer: torch.optim.Optimizer, ema=None):
         """Save the trained shadow rows, zero them again, zero their optimizer moments, mask the EMA."""
         for name, bn, dead in self._rows(model):
@@ -83,6 +102,10 @@ class InTrainingPruner:
         if k is None:
             return False
         target = self.base_gflops * (1 - self.schedule.cut(k))
+        if self.taylor_steps:  # otherwise (no step since the last prune) keep the previous measurement
+            steps = self.taylor_steps
+            self.method.sensitivity = {n: (t / steps).double().cpu().numpy() for n, t in self.taylor.items()}
+            self.taylor, self.taylor_steps = {}, 0
         with self._dense(model):  # score on dense values: masked channels compete for regrowth
             new = self.method.prune_step(model, self.masks, target, self.schedule.progress(k))
         self.set_masks(_broadcast(new.masks), model, ema)
@@ -126,12 +149,19 @@ class InTrainingPruner:
             "steps_done": self.steps_done,
             "shadow": {k: (w.cpu().clone(), b.cpu().clone()) for k, (w, b) in self.shadow.items()},
             "method": self.method.state_dict(),
+            "sensitivity": self.method.sensitivity,
+            "taylor": {k: v.cpu().clone() for k, v in self.taylor.items()},
+            "taylor_steps": self.taylor_steps,
         }
 
     def load_state_dict(self, state: dict, model: nn.Module, ema=None):
         self.shadow = {k: (w.float(), b.float()) for k, (w, b) in state["shadow"].items()}
         self.steps_done = int(state["steps_done"])
         self.method.load_state_dict(state.get("method", {}))
+        self.method.sensitivity = state.get("sensitivity")
+        device = next(model.parameters()).device
+        self.taylor = {k: v.to(device) for k, v in state.get("taylor", {}).items()}
+        self.taylor_steps = int(state.get("taylor_steps", 0))
         self.masks = MaskSet.from_state_dict(self.graph, state["masks"])
         self._rows_cache = WeakKeyDictionary()
         self.masks.apply(model)

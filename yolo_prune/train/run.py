@@ -9,10 +9,10 @@ from pathlib import Path
 import torch
 from ultralytics.utils import LOGGER, SETTINGS
 
+from ..checkpoint import save_checkpoint
 from ..errors import YoloPruneError
 from ..methods.schedule import PruneSettings
 from ..nn.build import config_path, load_model
-from ..slim.checkpoint import save_checkpoint
 
 DEFAULT_CFG_NAME = "yolov7-tiny.yaml"
 DEMO_DEFAULTS = {"epochs": 3, "imgsz": 160, "batch": 16}  # the README demo: minutes on a 2-core CPU
@@ -30,7 +30,7 @@ def run_training(cfg, settings: PruneSettings, data, weights, overrides: dict) -
         trainer = PruneTrainer(overrides={"resume": resume, **({"model": str(resume)} if resume is not True else {})})
         return _finish(trainer, base=None)
     if data is None:
-        from .demo_data import ensure_demo_dataset
+        from ..demo_data import ensure_demo_dataset
 
         data = ensure_demo_dataset()
         print(f"yolo-prune: no --data given, training on the embedded demo dataset {data}", flush=True)
@@ -40,6 +40,8 @@ def run_training(cfg, settings: PruneSettings, data, weights, overrides: dict) -
     base = _initial_model(cfg, weights)
     model_arg = _model_argument(cfg, weights, base)
     trainer = PruneTrainer(overrides={**overrides, "model": model_arg, "data": str(data)}, prune=settings)
+    if weights is None:  # built for the dataset's classes, as the trainer will build it
+        base = load_model(cfg or DEFAULT_CFG_NAME, nc=trainer.data["nc"])
     base_row = {
         "model": "base",
         "gflops": get_flops(base, settings.imgsz),

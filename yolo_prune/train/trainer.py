@@ -112,11 +112,19 @@ class PruneTrainer(DetectionTrainer):
 
     # -- training step ------------------------------------------------------------------------------------------------
     def optimizer_step(self):
+        """The stock step (unscale, clip, step, update, zero_grad, EMA) with the pruner's work in between."""
         if self.pruner is None:
             return super().optimizer_step()
         model = unwrap_model(self.model)
-        self.pruner.before_optimizer_step(model)
-        super().optimizer_step()
+        self.scaler.unscale_(self.optimizer)  # gradients are read only once unscaled (AMP)
+        self.pruner.before_optimizer_step(model)  # shadow values in: masked rows train and are scored as if present
+        self.pruner.observe_gradients(model)
+        torch.nn.utils.clip_grad_norm_(self.model.parameters(), max_norm=10.0)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.optimizer.zero_grad()
+        if self.ema:
+            self.ema.update(self.model)
         self.pruner.after_optimizer_step(model, self.optimizer, self.ema)
 
     # -- checkpoints and validation -----------------------------------------------------------------------------------
@@ -173,7 +181,7 @@ def _on_batch_end(trainer: PruneTrainer):
 def _on_fit_epoch_end(trainer: PruneTrainer):
     if trainer.pruner is not None and trainer.prune_log is not None and trainer.epoch < trainer.epochs:
         p = trainer.pruner
-        trainer.prune_log.record(trainer.epoch, p.masks.gflops(),
+        trainer.prune_log.record(trainer.epoch + 1, p.masks.gflops(),  # 1-based, as Ultralytics prints
                                  p.graph.params(unwrap_model(trainer.model), p.masks.masks), p.widths())  # fmt: skip
 
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ..errors import YoloPruneError
+from .errors import YoloPruneError
 
 
 def check_output_path(out) -> Path:
@@ -23,17 +23,19 @@ def check_output_path(out) -> Path:
     return path
 
 
-def save_checkpoint(model: nn.Module, out, manifest: dict, train_args: dict | None = None) -> Path:
+def save_checkpoint(model: nn.Module, out, manifest: dict, train_args: dict | None = None, half: bool = False,
+                    key: str = "yolo_prune") -> Path:  # fmt: skip
     """Save `model` so that `YOLO(out)`, `yolo predict/val/export` and further training load it as is.
 
-    The weights are stored in float32 (Ultralytics stores FP16; pruned BN statistics are worth the exact copy), with
-    `manifest` (method, target, kept widths) under the extra key "yolo_prune".
+    Pruned models are stored in float32 by default (Ultralytics stores FP16; pruned BN statistics are worth the exact
+    copy); `half=True` for models that were FP16 already. `manifest` goes under the extra key `key`.
     """
     from ultralytics import __version__
 
     path = check_output_path(out)
     path.parent.mkdir(parents=True, exist_ok=True)
-    model = copy.deepcopy(model).float().eval()
+    model = copy.deepcopy(model).eval()
+    model = model.half() if half else model.float()
     for p in model.parameters():
         p.requires_grad_(False)
     ckpt = {
@@ -50,7 +52,7 @@ def save_checkpoint(model: nn.Module, out, manifest: dict, train_args: dict | No
         "train_args": train_args or {},
         "train_metrics": None,
         "train_results": None,
-        "yolo_prune": manifest,
+        key: manifest,
     }
     tmp = path.with_name(path.name + ".tmp")
     try:

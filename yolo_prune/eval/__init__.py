@@ -1,0 +1,1 @@
+"""Evaluation: COCO mAP with pycocotools for any YOLO-format dataset (`yolo-prune val`)."""

@@ -1,0 +1,1 @@
+"""Pruning inside the Ultralytics trainer."""
