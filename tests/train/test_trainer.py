@@ -53,6 +53,11 @@ def test_masks_exactly_zero_in_model_and_ema(effp_run):
     trainer, rec = effp_run
     assert trainer.pruner.final and len(rec.masks) >= 4
     assert rec.zero_checks > 0
+    # the steps ranked channels by Taylor sensitivity measured in training, masked channels included
+    sens = trainer.pruner.method.sensitivity
+    assert sens and all(np.isfinite(v).all() for v in sens.values())
+    dead = {n: ~k.numpy() for n, k in trainer.pruner.masks.norm_keep.items()}
+    assert any(sens[n][d].max() > 0 for n, d in dead.items())
 
 
 def test_best_and_last_are_slim_and_meet_the_target(effp_run):
