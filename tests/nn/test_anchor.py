@@ -1,3 +1,4 @@
+
 """Anchor-based heads (YOLOv5 Detect -> AnchorDetect, YOLOv7 IDetect): building, decoding, loss, training with the
 Ultralytics trainer, fusing, export, copying, and the pruning engine's view of them."""
 
@@ -11,13 +12,13 @@ import torch
 from torch import nn
 from ultralytics.utils.torch_utils import get_flops
 
+from tests.models import randomize
 from yolo_prune.graph.analyze import analyze
 from yolo_prune.nn.anchor import (
     AnchorDetect,
     AnchorDetectionModel,
     AnchorLoss,
     IDetect,
-    ImplicitA,
     fold_pruned_implicit_a,
     implicit_a_feeds,
 )
@@ -31,24 +32,6 @@ OFFICIAL_ANCHORS = [[10, 13, 16, 30, 33, 23], [30, 61, 62, 45, 59, 119], [116, 9
 def tiny():
     torch.manual_seed(0)
     return load_model(TINY)
-
-
-def _randomize(model: nn.Module, seed: int = 0):
-    """Non-trivial BN statistics and implicit terms, so that exactness checks mean something."""
-    g = torch.Generator().manual_seed(seed)
-    for m in model.modules():
-        if isinstance(m, nn.BatchNorm2d):
-            n = m.num_features
-            m.weight.data = torch.rand(n, generator=g) * 0.5 + 0.75
-            m.bias.data = torch.randn(n, generator=g) * 0.1
-            m.running_mean = torch.randn(n, generator=g) * 0.1
-            m.running_var = torch.rand(n, generator=g) + 0.5
-        elif isinstance(m, ImplicitA):
-            m.implicit.data = torch.randn(m.implicit.shape, generator=g) * 0.5
-        elif isinstance(m, IDetect):
-            for im in m.im:
-                im.implicit.data = 1 + torch.randn(im.implicit.shape, generator=g) * 0.2
-    return model
 
 
 def test_yolov7_tiny_idetect_builds_to_the_official_size(tiny):
@@ -138,7 +121,7 @@ def test_loss_values_and_gradients(tiny):
 
 
 def test_idetect_fuse_is_exact(tiny):
-    model = _randomize(copy.deepcopy(tiny)).eval()
+    model = randomize(copy.deepcopy(tiny)).eval()
     x = torch.rand(1, 3, 64, 64)
     with torch.no_grad():
         before = model(x)[0]
@@ -149,7 +132,7 @@ def test_idetect_fuse_is_exact(tiny):
 
 
 def test_survives_deepcopy_and_whole_module_pickling(tiny):
-    model = _randomize(copy.deepcopy(tiny)).eval()
+    model = randomize(copy.deepcopy(tiny)).eval()
     x = torch.rand(1, 3, 64, 64)
     buffer = io.BytesIO()
     torch.save(model, buffer)
@@ -179,7 +162,7 @@ def test_channel_graph_has_no_barriers_and_counts_all_flops(tiny):
 
 def test_fold_pruned_implicit_a_keeps_the_masked_function(tiny):
     """Mask channels of the convs feeding IDetect (BN to zero), then fold + cut: the outputs must not change."""
-    model = _randomize(copy.deepcopy(tiny), seed=1).eval()
+    model = randomize(copy.deepcopy(tiny), seed=1).eval()
     head, x = model.model[-1], torch.rand(1, 3, 64, 64)
     keep = {}
     for i, layer in enumerate(head.f):
@@ -213,7 +196,7 @@ def test_fold_pruned_implicit_a_keeps_the_masked_function(tiny):
 
 def test_onnx_export_returns_one_decoded_tensor(tiny, tmp_path):
     ort = pytest.importorskip("onnxruntime")
-    model = _randomize(copy.deepcopy(tiny)).eval()
+    model = randomize(copy.deepcopy(tiny)).eval()
     x = torch.rand(1, 3, 64, 64)
     path = tmp_path / "tiny.onnx"
     torch.onnx.export(model, (x,), str(path), input_names=["images"], output_names=["output0"], dynamo=False)

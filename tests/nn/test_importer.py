@@ -1,3 +1,4 @@
+
 """Importing official YOLOv5/YOLOv7 checkpoints: equal outputs to the original code, exact round trips of the official
 YOLOv7 layout, Ultralytics loading the result, and refusal of pickles that reference anything else."""
 
@@ -14,8 +15,9 @@ import yaml
 from torch import nn
 from torch.serialization import get_unsafe_globals_in_checkpoint
 
+from tests.models import randomize
 from yolo_prune.errors import YoloPruneError
-from yolo_prune.nn.anchor import AnchorDetectionModel, IDetect, ImplicitA
+from yolo_prune.nn.anchor import AnchorDetectionModel, IDetect
 from yolo_prune.nn.build import config_path, load_checkpoint
 from yolo_prune.nn.importer import import_checkpoint, is_foreign, load_foreign
 
@@ -328,21 +330,6 @@ def official(tmp_path, monkeypatch):
         del sys.modules[name]
 
 
-def _randomize(model: nn.Module, seed: int = 0):
-    g = torch.Generator().manual_seed(seed)
-    for m in model.modules():
-        if isinstance(m, nn.BatchNorm2d):
-            n = m.num_features
-            m.weight.data, m.bias.data = torch.rand(n, generator=g) + 0.5, torch.randn(n, generator=g) * 0.1
-            m.running_mean, m.running_var = torch.randn(n, generator=g) * 0.1, torch.rand(n, generator=g) + 0.5
-        elif isinstance(m, ImplicitA):
-            m.implicit.data = torch.randn(m.implicit.shape, generator=g) * 0.5
-        elif isinstance(m, IDetect):
-            for im in m.im:
-                im.implicit.data = 1 + torch.randn(im.implicit.shape, generator=g) * 0.2
-    return model
-
-
 def _official_model(ours: AnchorDetectionModel, cfg: dict, common, yolo) -> nn.Module:
     """The official-layout model equal to `ours`: official classes, official parameter names, same weights."""
     layers = []
@@ -401,7 +388,7 @@ def test_official_yolov7_layout_round_trips_exactly(source, official, tmp_path):
     common, yolo = official
     cfg = yaml.safe_load(ALL_CLASSES_YAML if source == "all-classes" else config_path(source).read_text())
     torch.manual_seed(0)
-    ours = _randomize(AnchorDetectionModel(copy.deepcopy(cfg), verbose=False)).eval()
+    ours = randomize(AnchorDetectionModel(copy.deepcopy(cfg), verbose=False)).eval()
     reference = _official_model(ours, cfg, common, yolo).eval()
     path = tmp_path / "yolov7-official.pt"
     _save_official(copy.deepcopy(reference), path)

@@ -1,3 +1,4 @@
+
 """YOLOv7 and YOLOv7-tiny (configs/yolov7*.yaml): official structure and size, RepConv fusion, the Ultralytics
 train/val/predict/export loop, checkpoints in fresh processes, and the pruning engine's view of the models."""
 
@@ -12,6 +13,7 @@ import torch
 import yaml
 from torch import nn
 
+from tests.models import randomize
 from yolo_prune.errors import YoloPruneError
 from yolo_prune.nn.build import config_path, load_model
 
@@ -36,18 +38,6 @@ ACTIVATION = {"yolov7.yaml": (nn.SiLU, None), "yolov7-tiny.yaml": (nn.LeakyReLU,
 # The official deploy (fused) yolov7.pt summary printed by the official repo: "306 layers, 36905341 parameters,
 # 104.5 GFLOPS". YOLOv7-tiny: 6.2 M parameters, 13.8 GFLOPs (README/paper). Both with the anchor-based IDetect head.
 OFFICIAL_SIZE = {"yolov7.yaml": (36_905_341, 104.5), "yolov7-tiny.yaml": (6.2e6, 13.8)}
-
-
-def _randomize_bn(model: nn.Module, seed: int = 0):
-    """Non-trivial BN statistics and affine terms, so that folding BN into convs is actually exercised."""
-    g = torch.Generator().manual_seed(seed)
-    for m in model.modules():
-        if isinstance(m, nn.BatchNorm2d):
-            n = m.num_features
-            m.weight.data = torch.rand(n, generator=g) * 0.5 + 0.75
-            m.bias.data = torch.randn(n, generator=g) * 0.1
-            m.running_mean = torch.randn(n, generator=g) * 0.1
-            m.running_var = torch.rand(n, generator=g) + 0.5
 
 
 def _image(path, size: int) -> torch.Tensor:
@@ -147,7 +137,7 @@ def test_fused_model_gives_the_same_outputs(name, coco8_images):
 
     torch.manual_seed(0)
     model = load_model(name)
-    _randomize_bn(model)
+    randomize(model)
     x = _image(coco8_images[0], 640)
     fused = copy.deepcopy(model).fuse(verbose=False)
     assert not any(isinstance(m, nn.BatchNorm2d) for m in fused.modules())
@@ -267,7 +257,7 @@ def test_checkpoint_loads_in_a_fresh_plain_ultralytics_process(name, tmp_path):
     torch.manual_seed(0)
     yolo = YOLO(str(config_path(name)))
     model = yolo.model.eval()
-    _randomize_bn(model)
+    randomize(model)
     yolo.save(tmp_path / "ckpt.pt")
     torch_save({"model": model}, tmp_path / "ddp.pt", pickle_module=cloudpickle)
     x = torch.rand(1, 3, 64, 64, generator=torch.Generator().manual_seed(0))

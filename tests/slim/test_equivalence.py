@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from tests.graph.test_analyze import random_masks
-from tests.models import ALL_MODELS
+from tests.models import ALL_MODELS, randomize
 from yolo_prune.graph.analyze import analyze
 from yolo_prune.masks.mask import MaskSet
 from yolo_prune.nn.build import load_model
@@ -18,18 +18,6 @@ from yolo_prune.slim.slim import slim
 def images(paths, size=320):
     batch = [cv2.resize(cv2.imread(str(p))[:, :, ::-1], (size, size)) for p in paths]
     return torch.from_numpy(np.stack(batch)).permute(0, 3, 1, 2).double() / 255
-
-
-def randomise_bn(model, seed=0):
-    """Random BN statistics, so a wrongly kept or dropped channel would show in the output."""
-    g = torch.Generator().manual_seed(seed)
-    for m in model.modules():
-        if isinstance(m, torch.nn.BatchNorm2d):
-            n = m.num_features
-            m.running_mean.copy_(torch.rand(n, generator=g) - 0.5)
-            m.running_var.copy_(torch.rand(n, generator=g) + 0.5)
-            m.weight.data.copy_(torch.rand(n, generator=g) + 0.5)
-            m.bias.data.copy_(torch.rand(n, generator=g) - 0.5)
 
 
 def flat(out):
@@ -49,7 +37,7 @@ def flat(out):
 @pytest.mark.parametrize("name", ALL_MODELS)
 def test_slim_equals_masked(name, coco8_images):
     model = load_model(name).double()
-    randomise_bn(model)
+    randomize(model)
     graph = analyze(model)
     x = images(coco8_images[:2])
     for keep_frac in (0.7, 0.4):  # remove about 30 % and about 60 % of each group
@@ -65,7 +53,7 @@ def test_slim_equals_masked(name, coco8_images):
 
 def test_masked_channels_are_exactly_zero_after_bn_and_act(coco8_images):
     model = load_model("yolov8n.yaml")
-    randomise_bn(model)
+    randomize(model)
     graph = analyze(model)
     masks = random_masks(graph, 0.5)
     ms = MaskSet(graph, masks)
