@@ -38,21 +38,9 @@ def run(args) -> dict:
     for _ in range(args.warmup):
         model(data)
     times = [model(data)[1] for _ in range(args.runs)]
-    sidecar = yolokit.read_sidecar(args.model) or {}
-    result = {
-        "kind": "jetson-bench",
-        "model": os.path.splitext(os.path.basename(args.model))[0],
-        "model_file": os.path.abspath(args.model),
-        "runtime": model.version,
-        "precision": sidecar.get("precision"),
-        "gflops": sidecar.get("gflops"),
-        "params": sidecar.get("params"),
-        "imgsz": list(model.imgsz),
-        "batch": batch,
-        "warmup": args.warmup,
-        "latency_ms": yolokit.summarize(times, batch),
-        "source": sidecar.get("source"),
-    }
+    sidecar = yolokit.read_sidecar(args.model)
+    result = yolokit.model_facts("jetson-bench", args.model, model.version, model.imgsz, sidecar)
+    result.update(batch=batch, warmup=args.warmup, latency_ms=yolokit.summarize(times, batch))
     if args.out:
         yolokit.write_json(args.out, result)
     return result

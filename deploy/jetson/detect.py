@@ -72,23 +72,15 @@ def run(args) -> dict:
         infer_ms.append(ms)
         detections[os.path.basename(file)] = det
 
-    result = {
-        "kind": "jetson-detect",
-        "model": os.path.splitext(os.path.basename(args.model))[0],
-        "model_file": os.path.abspath(args.model),
-        "runtime": model.version,
-        "precision": sidecar.get("precision"),
-        "gflops": sidecar.get("gflops"),
-        "params": sidecar.get("params"),
-        "imgsz": list(imgsz),
+    result = yolokit.model_facts("jetson-detect", args.model, model.version, imgsz, sidecar)
+    result.update({
         "images": len(files),
         "detections": int(sum(len(d) for d in detections.values())),
         "settings": settings,
         "latency_ms": yolokit.summarize(infer_ms),
         "preprocess_ms": float(np.median(pre_ms)),
         "postprocess_ms": float(np.median(post_ms)),
-        "source": sidecar.get("source"),
-    }
+    })
     if evaluating or args.save_detections:
         result.update(_coco(args, detections, names))
     yolokit.write_json(args.out, result)

@@ -162,6 +162,22 @@ def read_sidecar(model_file: str) -> Optional[dict]:
         return json.load(f)
 
 
+def model_facts(kind: str, model_file: str, runtime: str, imgsz, sidecar: Optional[dict]) -> dict:
+    """The fields every kit results file starts with: which model, runtime and precision, and its size facts."""
+    sidecar = sidecar or {}
+    return {
+        "kind": kind,
+        "model": os.path.splitext(os.path.basename(model_file))[0],
+        "model_file": os.path.abspath(model_file),
+        "runtime": runtime,
+        "precision": sidecar.get("precision"),
+        "gflops": sidecar.get("gflops"),
+        "params": sidecar.get("params"),
+        "imgsz": list(imgsz),
+        "source": sidecar.get("source"),
+    }
+
+
 def write_json(path: str, obj) -> None:
     """Write JSON through a temp file and a rename: the file is complete or absent, never half-written."""
     folder = os.path.dirname(os.path.abspath(path))
