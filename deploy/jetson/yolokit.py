@@ -20,20 +20,6 @@ MAX_NMS = 30000  # at most this many boxes (highest scores) enter NMS
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 
 
-def import_tensorrt_and_pycuda():
-    """(tensorrt, pycuda.driver) with a CUDA context made current, or exit with what to install."""
-    try:
-        import pycuda.autoinit  # noqa: F401  (creates the CUDA context)
-        import pycuda.driver as cuda
-        import tensorrt as trt
-    except ImportError as e:
-        raise SystemExit(
-            "%s: TensorRT's Python bindings come with JetPack (python3-libnvinfer); install pycuda with "
-            "`pip3 install pycuda` (CUDA in PATH). Without a GPU, pass an .onnx model instead." % e
-        ) from None
-    return trt, cuda
-
-
 # ------------------------------------------------------------------------------------------------ pre-processing
 
 
@@ -205,6 +191,12 @@ def summarize(times_ms: Sequence[float], batch: int = 1) -> Dict[str, float]:
         "p99_ms": float(np.percentile(t, 99)), "mean_ms": float(t.mean()), "min_ms": float(t.min()),
         "max_ms": float(t.max()), "std_ms": float(t.std()), "throughput_ips": batch * 1e3 / float(t.mean()),
     }  # fmt: skip
+
+
+def latency_columns(times: Sequence[Tuple[float, float]], batch: int = 1) -> Dict[str, Dict[str, float]]:
+    """{"latency_ms": compute summary, "end_to_end_ms": end-to-end summary} of (compute, end-to-end) pairs in ms."""
+    compute, end_to_end = zip(*times)
+    return {"latency_ms": summarize(compute, batch), "end_to_end_ms": summarize(end_to_end, batch)}
 
 
 # -------------------------------------------------------------------------------------------------------- COCO

@@ -1,4 +1,5 @@
-"""`yolo-prune bench`: latency statistics, interleaved timing, FLOPs/speed-up table, backends and errors."""
+"""`yolo-prune bench`: latency statistics, interleaved timing, compute and end-to-end columns, FLOPs/speed-up table,
+backends and errors."""
 
 import json
 import random
@@ -8,8 +9,9 @@ import sys
 import pytest
 from ultralytics.utils.torch_utils import get_flops
 
-from yolo_prune.bench import benchmark, format_table
-from yolo_prune.bench.latency import measure, summarize
+from yolo_prune.bench import TABLE_COLUMNS, benchmark, format_table
+from yolo_prune.bench.backends import OnnxRuntimeRunner
+from yolo_prune.bench.latency import measure, summarize, summarize_columns
 from yolo_prune.errors import YoloPruneError
 from yolo_prune.nn.build import load_model
 
@@ -24,15 +26,20 @@ def test_summary_statistics():
     assert s["throughput_ips"] == pytest.approx(4 * 1000 / 50.5)
 
 
-def test_measure_warms_up_then_interleaves():
+def test_measure_warms_up_then_interleaves_and_keeps_both_columns():
     calls = []
 
-    def step(name, own=None):
-        return lambda: calls.append(name) or own
+    def step(name, compute, total):
+        return lambda: calls.append(name) or (compute, total)
 
-    times = measure([step("a"), step("b", own=7.5)], warmup=2, runs=3)
+    times = measure([step("a", 1.0, 2.0), step("b", 7.5, 9.0)], warmup=2, runs=3)
     assert calls == ["a", "a", "b", "b"] + ["a", "b"] * 3
-    assert times[1] == [7.5, 7.5, 7.5] and len(times[0]) == 3 and all(t >= 0 for t in times[0])
+    assert times[0] == {"compute": [1.0] * 3, "end_to_end": [2.0] * 3}
+    assert times[1] == {"compute": [7.5] * 3, "end_to_end": [9.0] * 3}
+    columns = summarize_columns(times[1], batch=4)
+    assert columns["latency"]["median_ms"] == 7.5 and columns["end_to_end"]["median_ms"] == 9.0
+    assert columns["latency"]["throughput_ips"] == pytest.approx(4 * 1000 / 7.5)  # per image of the batch run
+    assert columns["end_to_end"]["throughput_ips"] == pytest.approx(4 * 1000 / 9.0)
 
 
 @pytest.mark.slow
@@ -47,9 +54,26 @@ def test_onnxruntime_base_vs_slim_table(slim_checkpoint, tmp_path):
     assert slim["speedup"] == pytest.approx(m0 / m1) and slim["latency_cut"] == pytest.approx(1 - m1 / m0)
     assert slim["latency_cut_per_flops_cut"] == pytest.approx(slim["latency_cut"] / slim["flops_cut"])
     assert base["latency"]["runs"] == 3 and "CPUExecutionProvider" in result["device"]
+    assert base["end_to_end"]["runs"] == 3 and base["batch"] == slim["batch"] == 1
     assert json.loads(out.read_text()) == result
     table = format_table(result)
     assert "yolov7-tiny.yaml" in table and "slim.pt" in table and "speedup" in table
+    assert all(c in table for c in TABLE_COLUMNS)
+    row = next(line for line in table.splitlines() if line.startswith("slim.pt") or "slim.pt" in line[:28])
+    assert f"{slim['end_to_end']['median_ms']:.2f}" in row and f"{slim['latency']['median_ms']:.2f}" in row
+
+
+def test_onnxruntime_runner_spans_compute_inside_end_to_end(tmp_path):
+    """Compute is the run alone, end-to-end the same run plus placing the input and fetching the output."""
+    from yolo_prune.export import export_model
+
+    onnx_file = export_model("yolov8n.yaml", imgsz=64, batch=2, dynamic=True, out=tmp_path / "n.onnx")
+    runner = OnnxRuntimeRunner(onnx_file, (64, 64), batch=2)
+    for _ in range(3):
+        compute, total = runner()
+        assert 0 < compute <= total
+    assert runner.batch == 2 and runner.host.shape == (2, 3, 64, 64)
+    runner.close()
 
 
 def test_prebuilt_onnx_and_torch_backend(tmp_path):
@@ -60,8 +84,10 @@ def test_prebuilt_onnx_and_torch_backend(tmp_path):
     assert result["models"][0]["gflops"] > 0  # from the sidecar
     with pytest.raises(YoloPruneError, match="takes 64x64 images"):
         benchmark([str(onnx_file)], backend="onnxruntime", imgsz=96, runs=1)
-    torch_result = benchmark("yolov8n.yaml", backend="torch", imgsz=64, warmup=1, runs=2)
-    assert torch_result["models"][0]["latency"]["runs"] == 2 and "torch" in torch_result["device"]
+    torch_result = benchmark("yolov8n.yaml", backend="torch", imgsz=64, batch=2, warmup=1, runs=2)
+    row = torch_result["models"][0]
+    assert row["latency"]["runs"] == row["end_to_end"]["runs"] == 2 and "torch" in torch_result["device"]
+    assert row["batch"] == 2 and row["latency"]["median_ms"] <= row["end_to_end"]["median_ms"]
 
 
 @pytest.mark.parametrize(
@@ -86,7 +112,7 @@ def test_tensorrt_backend_without_tensorrt_is_one_error():
         pytest.skip("TensorRT is installed here: this checks the message on machines without it")
     except ImportError:
         pass
-    with pytest.raises(YoloPruneError, match="TensorRT is not installed"):
+    with pytest.raises(YoloPruneError, match="TensorRT cannot be imported"):
         benchmark(["yolov8n.yaml"], backend="tensorrt", imgsz=64, runs=1)
 
 
@@ -95,5 +121,5 @@ def test_cli_bench_prints_the_table(tmp_path):
                            "--imgsz", "64", "--warmup", "0", "--runs", "2", "--json", str(tmp_path / "b.json")],
                           capture_output=True, text=True)  # fmt: skip
     assert done.returncode == 0, done.stderr
-    assert "yolov8n.yaml" in done.stdout and "median" in done.stdout
+    assert "yolov8n.yaml" in done.stdout and "median" in done.stdout and "e2e median" in done.stdout
     assert json.loads((tmp_path / "b.json").read_text())["backend"] == "torch"

@@ -19,3 +19,19 @@ def yolokit():
     import yolokit
 
     return yolokit
+
+
+@pytest.fixture(scope="session")
+def trtkit():
+    sys.path.insert(0, str(KIT))
+    import trtkit
+
+    return trtkit
+
+
+@pytest.fixture(scope="session")
+def runtimes():
+    sys.path.insert(0, str(KIT))
+    import runtimes
+
+    return runtimes

@@ -82,6 +82,8 @@ def test_kit_detect_matches_ultralytics_predict(kit_dir, yolov5n_onnx, image_fol
     assert total > 3 * N_IMAGES  # a real detector: many boxes to compare
     results = json.loads((tmp_path / "results.json").read_text())
     assert results["detections"] == total and results["images"] == N_IMAGES
+    assert results["latency_ms"]["runs"] == results["end_to_end_ms"]["runs"] == N_IMAGES  # compute and with copies
+    assert results["latency_ms"]["median_ms"] <= results["end_to_end_ms"]["median_ms"]
     assert results["gflops"] > 0 and results["precision"] == "fp32"  # from the export sidecar
 
 

@@ -1,29 +1,34 @@
-"""Latency statistics: run a step after warm-up, then summarise the per-run times."""
+"""Latency statistics: run each step after warm-up, interleaved, and summarise its two timings.
+
+Every runner times itself and returns (compute_ms, end_to_end_ms): compute is the model alone on data already in
+place (on a GPU: CUDA events around the enqueue/forward only); end-to-end adds the host-to-device copy of the input
+and the device-to-host copy of the output. The two are kept apart because the copies are a fixed cost of the input and
+output size that shrinks every measured speed-up between a base and a slimmer model.
+"""
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 
 import numpy as np
 
+COLUMNS = ("compute", "end_to_end")
 
-def measure(steps: list[Callable[[], float | None]], warmup: int, runs: int) -> list[list[float]]:
-    """Per step, the times in ms of `runs` calls after `warmup` untimed ones; the timed calls are interleaved.
 
-    Interleaving (step 1, step 2, ..., step 1, step 2, ...) spreads any change in machine load evenly over the models
-    being compared, which matters on a shared CPU. A step returns its own duration in ms when it times itself (CUDA
-    events), or None to be timed here with `time.perf_counter` (it must then return only when its work is done).
+def measure(steps: list[Callable[[], tuple[float, float]]], warmup: int, runs: int) -> list[dict[str, list[float]]]:
+    """Per step, {"compute": [ms...], "end_to_end": [ms...]} of `runs` calls after `warmup` untimed ones.
+
+    The timed calls are interleaved (step 1, step 2, ..., step 1, step 2, ...), which spreads any change in machine
+    load evenly over the models being compared, which matters on a shared CPU.
     """
     for step in steps:
         for _ in range(warmup):
             step()
-    times = [[] for _ in steps]
+    times = [{c: [] for c in COLUMNS} for _ in steps]
     for _ in range(runs):
         for step, out in zip(steps, times):
-            start = time.perf_counter()
-            own = step()
-            out.append(own if own is not None else (time.perf_counter() - start) * 1e3)
+            for column, ms in zip(COLUMNS, step()):
+                out[column].append(float(ms))
     return times
 
 
@@ -44,3 +49,8 @@ def summarize(times_ms, batch: int = 1) -> dict:
         "std_ms": float(t.std()),
         "throughput_ips": batch * 1e3 / mean,
     }
+
+
+def summarize_columns(times: dict[str, list[float]], batch: int) -> dict:
+    """{"latency": compute summary, "end_to_end": end-to-end summary} for one model run at `batch`."""
+    return {"latency": summarize(times["compute"], batch), "end_to_end": summarize(times["end_to_end"], batch)}

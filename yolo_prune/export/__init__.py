@@ -40,7 +40,7 @@ def export_model(model, format="onnx", half=False, int8=False, data=None, imgsz=
     out = Path(out) if out else default_output(model, format)
     _check_options(format, half, int8, dla, batch, workspace, out)
     if format == "engine":
-        from .tensorrt import import_tensorrt
+        from .cuda import import_tensorrt
 
         import_tensorrt()  # fail before any slow work
     net = load_model(model)
@@ -50,7 +50,8 @@ def export_model(model, format="onnx", half=False, int8=False, data=None, imgsz=
     common = dict(imgsz=hw, batch=batch, dynamic=dynamic, opset=_opset(onnx_file))
     write_sidecar(onnx_file, describe(net, model, format="onnx", precision="fp32", **common))
     if format == "engine":  # the ONNX stays beside the engine, for trtexec or a rebuild on the device
-        from .tensorrt import build_engine, calibration_images
+        from .calibration import calibration_images
+        from .tensorrt import build_engine
 
         images = calibration_images(data) if int8 else None
         facts = build_engine(onnx_file, out, imgsz=hw, batch=batch, dynamic=dynamic, half=half, int8=int8,
