@@ -122,8 +122,8 @@ def _build(trt, cuda, scope, args):
     scope.logger = trt.Logger(trt.Logger.INFO)
     scope.builder = trt.Builder(scope.logger)
     major = trtkit.version_tuple(trt.__version__)[0]
-    scope.network = scope.builder.create_network(0 if major >= 10 else
-                                                 1 << int(trt.NetworkDefinitionCreationFlag.EXPLICIT_BATCH))  # fmt: skip
+    flags = 0 if major >= 10 else 1 << int(trt.NetworkDefinitionCreationFlag.EXPLICIT_BATCH)  # implicit from 10
+    scope.network = scope.builder.create_network(flags)
     scope.parser = trt.OnnxParser(scope.network, scope.logger)
     if not scope.parser.parse_from_file(args.onnx):
         errors = [str(scope.parser.get_error(i)) for i in range(scope.parser.num_errors)]

@@ -5,7 +5,8 @@
         --coco-json annotations/instances_val2017.json
 
 Writes a results JSON (model facts from the export sidecar, settings, per-image latency statistics: `latency_ms`
-compute only and `end_to_end_ms` with the copies, and the 12 COCO metrics when --coco-json is given) and, with --save-detections, every detection in COCO result format. With --coco-json the
+compute only and `end_to_end_ms` with the copies, and the 12 COCO metrics when --coco-json is given) and, with
+--save-detections, every detection in COCO result format. With --coco-json the
 defaults switch to Ultralytics' mAP settings (conf 0.001, one box per class above it) unless --conf is given.
 """
 

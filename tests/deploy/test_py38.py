@@ -9,8 +9,8 @@ import pytest
 
 # names that only exist from Python 3.9 on (syntax alone would not catch them)
 PY39_ATTRIBUTES = {"removeprefix", "removesuffix", "is_relative_to", "cache", "topological_sort"}
-ALLOWED_IMPORTS = {"argparse", "contextlib", "hashlib", "io", "json", "os", "sys", "tempfile", "time", "types", "typing",
-                   "numpy", "cv2", "tensorrt", "pycuda", "pycocotools", "onnxruntime", "yolokit", "runtimes",
+ALLOWED_IMPORTS = {"argparse", "contextlib", "hashlib", "io", "json", "os", "sys", "tempfile", "time", "types",
+                   "typing", "numpy", "cv2", "tensorrt", "pycuda", "pycocotools", "onnxruntime", "yolokit", "runtimes",
                    "trtkit"}  # fmt: skip
 
 

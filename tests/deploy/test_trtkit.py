@@ -76,7 +76,8 @@ def test_profiles_equal_yolo_prunes(trtkit):
         assert low == opt == high and opt[0] == batch
 
 
-@pytest.mark.parametrize("name, dynamic", [("yolov8n.yaml", False), ("yolov8n.yaml", True), ("yolov7-tiny.yaml", False)])
+@pytest.mark.parametrize("name, dynamic", [("yolov8n.yaml", False), ("yolov8n.yaml", True),
+                                           ("yolov7-tiny.yaml", False)])  # fmt: skip
 def test_kit_decode_tail_equals_yolo_prunes(trtkit, tmp_path, name, dynamic):
     onnx_file = export_model(name, imgsz=64, batch=2, dynamic=dynamic, out=tmp_path / "m.onnx")
     model = onnx.load(str(onnx_file))

@@ -122,18 +122,19 @@ def _set_int8(trt, cuda, scope, job: dict) -> dict:
             raise YoloPruneError("TensorRT rejected the INT8 calibration profile.")
     kept = _pin_fp32(trt, scope.network, job["tail"])
     if not kept:
-        raise YoloPruneError("None of the decode layers were found in the TensorRT network; cannot keep them in FP32.")
+        raise YoloPruneError("No decode layer was found in the TensorRT network; cannot keep the decode in FP32.")
     scope.config.set_flag(trt.BuilderFlag.OBEY_PRECISION_CONSTRAINTS)
-    return {"calibration_cache": str(job["cache"]), "calibration_reused": job["reuse"], "calibration_batch": job["batch"],
-            "calibration_key": job["key"], "fp32_layers": kept}  # fmt: skip
+    return {"calibration_cache": str(job["cache"]), "calibration_reused": job["reuse"],
+            "calibration_batch": job["batch"], "calibration_key": job["key"], "fp32_layers": kept}
 
 
 def _pin_fp32(trt, network, tail: dict) -> list[str]:
     """Set the decode tail's layers to FP32 (compute precision and output types); return their names."""
     floats = (trt.float32, trt.float16)
     layers = [network.get_layer(i) for i in range(network.num_layers)]
-    described = [(layer.name, [layer.get_output(j).name for j in range(layer.num_outputs)],
-                  all(layer.get_output(j).dtype in floats for j in range(layer.num_outputs))) for layer in layers]  # fmt: skip
+    outputs = [[layer.get_output(j) for j in range(layer.num_outputs)] for layer in layers]
+    described = [(layer.name, [t.name for t in out], all(t.dtype in floats for t in out))
+                 for layer, out in zip(layers, outputs)]  # fmt: skip
     picked = [layers[i] for i in trt_plan.match_layers(described, tail)]
     for layer in picked:
         layer.precision = trt.float32
