@@ -58,6 +58,15 @@ def test_tail_inputs_come_from_the_tail_the_head_convs_or_constants(exported):
                                                                                    "Unsqueeze", "Concat"), (node, t)
 
 
+def test_anchor_head_tail_has_no_conv(tmp_path):
+    """YOLOv7's anchor-based IDetect head: the decode is sigmoid and grid arithmetic, the 1x1 head convs stay INT8."""
+    onnx_file = export_model("yolov7-tiny-idetect.yaml", imgsz=64, out=tmp_path / "idetect.onnx")
+    ops = {n.name: n.op_type for n in onnx.load(str(onnx_file)).graph.node}
+    tail = fp32_tail(onnx_file)
+    kept = [ops[n] for n in tail["nodes"]]
+    assert "Conv" not in kept and "Sigmoid" in kept and tail["tensors"][-1] == "output0"
+
+
 def test_slim_model_has_the_same_tail(slim_checkpoint, tmp_path):
     onnx_file = export_model(str(slim_checkpoint), imgsz=96, out=tmp_path / "slim.onnx")
     tail = fp32_tail(onnx_file)
