@@ -11,7 +11,8 @@ from yolo_prune._ultralytics import go_offline  # noqa: E402
 
 go_offline()
 
-SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+# resolved: Ultralytics and our data code resolve image paths, so a symlinked ../shared must compare equal
+SHARED_DATA = (Path(__file__).resolve().parents[1].parent / "shared" / "data").resolve()
 
 
 def shared(*parts) -> Path:

@@ -9,14 +9,17 @@ def val(model, data=None, imgsz=640, batch=16, json_out=None) -> str:
     """pycocotools COCO mAP (12 standard metrics) beside Ultralytics' own mAP; returns a printable report."""
     from .eval.coco import evaluate, format_report
 
+    _check_imgsz(imgsz)
+    _check_out(json_out)
     return format_report(evaluate(model, data=data, imgsz=imgsz, batch=batch, json_out=json_out))
 
 
 def export(model, format="onnx", half=False, int8=False, data=None, imgsz=640, batch=1, dynamic=False,
            workspace=4.0, dla=None, out=None) -> str:  # fmt: skip
     """ONNX or a plain TensorRT engine plus JSON sidecar; returns the written path."""
-    from .export import export_model
+    from .export import default_output, export_model
 
+    _check_out(out if out else default_output(model, format))
     path = export_model(model, format=format, half=half, int8=int8, data=data, imgsz=imgsz, batch=batch,
                         dynamic=dynamic, workspace=workspace, dla=dla, out=out)  # fmt: skip
     return str(path)
@@ -26,14 +29,20 @@ def bench(models, backend="onnxruntime", imgsz=640, batch=1, warmup=10, runs=50,
     """Latency of each model (median/p90/p99, throughput) and a table against the first; returns the table."""
     from .bench import benchmark, format_table
 
+    for m in models if isinstance(models, (list, tuple)) else [models]:
+        _check_model_file(m)
+    _check_imgsz(imgsz)
+    _check_out(json_out)
     return format_table(benchmark(models, backend=backend, imgsz=imgsz, batch=batch, warmup=warmup, runs=runs,
                                   half=half, json_out=json_out))  # fmt: skip
 
 
 def import_checkpoint(checkpoint, out) -> str:
     """Official YOLOv5/YOLOv7 checkpoint -> Ultralytics checkpoint, without executing foreign code."""
+    from .checkpoint import check_output_path
     from .nn.importer import import_checkpoint as _import
 
+    check_output_path(out)
     return str(_import(Path(checkpoint), Path(out)))
 
 
@@ -59,6 +68,7 @@ def prune(model, flops: float, method: str = "l1", imgsz: int = 640, round_to: i
 
     from .checkpoint import check_output_path, save_checkpoint
     from .errors import YoloPruneError
+    from .export.onnx import check_imgsz
     from .graph.analyze import analyze
     from .masks.budget import Budget
     from .masks.mask import MaskSet
@@ -73,6 +83,7 @@ def prune(model, flops: float, method: str = "l1", imgsz: int = 640, round_to: i
     if out is not None:
         check_output_path(out)
     base = load_model(model)
+    check_imgsz(base, imgsz)
     graph = analyze(base, imgsz)
     pruner = cls(graph, Budget(graph, round_to=round_to, min_keep=min_keep))
     target = graph.gflops() * (1 - flops)
@@ -93,10 +104,12 @@ def prune(model, flops: float, method: str = "l1", imgsz: int = 640, round_to: i
 
 def info(model, imgsz: int = 640) -> dict:
     """GFLOPs, params, prunable channel groups and barriers of `model` (a JSON-able dict)."""
+    from .export.onnx import check_imgsz
     from .graph.analyze import analyze
     from .nn.build import load_model
 
     m = load_model(model)
+    check_imgsz(m, imgsz)
     graph = analyze(m, imgsz)
     return {
         "model": str(model),
@@ -119,6 +132,32 @@ def format_info(info: dict) -> str:
 
 def _count(model) -> int:
     return sum(p.numel() for p in model.parameters())
+
+
+def _check_imgsz(imgsz):
+    """Before a model is loaded: a positive multiple of 32, the largest stride of the detectors built here."""
+    from .train.checks import check_imgsz
+
+    sides = imgsz if isinstance(imgsz, (list, tuple)) else [imgsz]
+    for side in sides:
+        check_imgsz(side)
+
+
+def _check_out(out):
+    from .checkpoint import check_writable
+
+    if out:
+        check_writable(out)
+
+
+def _check_model_file(model):
+    """A model given as a file (.pt, .onnx, an engine) must exist; names and YAMLs are resolved later."""
+    from .errors import YoloPruneError
+
+    if isinstance(model, (str, Path)) and Path(model).suffix in (".pt", ".onnx", ".engine", ".plan", ".trt"):
+        if not Path(model).is_file():
+            raise YoloPruneError(f"Model file '{model}' does not exist; give the path of a .pt checkpoint, an .onnx "
+                                 "file or a TensorRT engine (export one with `yolo-prune export`).")  # fmt: skip
 
 
 def _check_flops(flops: float):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 
 from .errors import YoloPruneError
@@ -86,6 +87,11 @@ def _build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("import", help="convert an official YOLOv5/YOLOv7 checkpoint into an Ultralytics one")
     p.add_argument("checkpoint")
     p.add_argument("--out", required=True)
+    for name, p in sub.choices.items():  # every command that reads checkpoints (import never runs pickled code)
+        if name != "import":
+            p.add_argument("--trust-checkpoint", action="store_true",
+                           help="load checkpoints with the ordinary unpickler, which runs code stored in them: only "
+                                "for files from a source you trust (default: a restricted loader refuses such code)")  # fmt: skip
     return parser
 
 
@@ -94,6 +100,10 @@ def main(argv: list[str] | None = None) -> int:
 
     go_offline()
     args = _build_parser().parse_args(argv)
+    if getattr(args, "trust_checkpoint", False):  # an environment variable, so DDP children of `train` inherit it
+        from .safe_load import TRUST_ENV
+
+        os.environ[TRUST_ENV] = "1"
     try:
         result = _dispatch(args)
     except YoloPruneError as e:

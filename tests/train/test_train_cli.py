@@ -3,6 +3,7 @@
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 from ultralytics.nn.tasks import load_checkpoint
@@ -43,3 +44,23 @@ def test_train_cli_bad_input(capsys, tmp_path):
     assert main(["train", "--flops", "0.3", "lr0", "--project", str(tmp_path)]) == 2
     assert "key=value" in capsys.readouterr().err
     assert not list(tmp_path.iterdir())
+
+
+@pytest.mark.slow
+def test_train_from_official_weights_writes_only_inside_the_run_folder(tmp_path, monkeypatch, coco8_yaml):
+    from ultralytics.utils import SETTINGS
+
+    from conftest import shared
+
+    official = shared("yolov5n_coco", "yolov5n.pt")
+    weights_dir = Path(SETTINGS["weights_dir"])
+    before = sorted(weights_dir.rglob("*")) if weights_dir.exists() else []
+    work = tmp_path / "work"
+    work.mkdir()
+    monkeypatch.chdir(work)
+    argv = ["train", "--weights", official, "--flops", "0.3", "--data", coco8_yaml, "--epochs", "1", "--imgsz", "64",
+            "--project", tmp_path / "runs", "--name", "v5", "workers=0", "plots=False"]  # fmt: skip
+    assert main([str(a) for a in argv]) == 0
+    assert not list(work.iterdir())  # no weights/, no runs/detect/val in the working directory
+    assert (sorted(weights_dir.rglob("*")) if weights_dir.exists() else []) == before
+    assert (tmp_path / "runs" / "v5" / "weights" / "best.pt").is_file()

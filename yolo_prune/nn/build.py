@@ -43,12 +43,22 @@ def load_model(source, nc: int | None = None) -> nn.Module:
                 f"Model '{source}' is neither a .yaml config nor a .pt checkpoint; give e.g. yolov8n.yaml, "
                 f"one of {shipped_configs()}, or a path to a .pt file."
             )
-    if not isinstance(model, DetectionModel):
+    if not isinstance(model, DetectionModel) or not _is_detect_head(model.model[-1]):
+        head = type(model.model[-1]).__name__ if isinstance(model, DetectionModel) else type(model).__name__
         raise YoloPruneError(
-            f"'{source}' holds a {type(model).__name__}, not a detection model; yolo-prune prunes object detectors "
-            "(DetectionModel with a Detect head)."
+            f"'{source}' is not an object detector (it holds a {head}); yolo-prune prunes detection models with a "
+            "Detect head (e.g. yolov8n.yaml), not classification, segmentation, pose or OBB models."
         )
     return model.float().eval()
+
+
+def _is_detect_head(head: nn.Module) -> bool:
+    """Plain detection heads only: Segment, Pose, OBB and open-vocabulary heads subclass Detect but are not ours."""
+    from ultralytics.nn.modules import Detect, v10Detect
+
+    from .anchor import AnchorDetect
+
+    return type(head) in (Detect, v10Detect) or isinstance(head, AnchorDetect)
 
 
 def _from_yaml(name: str, nc: int | None) -> nn.Module:
@@ -69,24 +79,80 @@ def _from_yaml(name: str, nc: int | None) -> nn.Module:
                 "Ultralytics model YAML (e.g. yolov8n.yaml, yolo11s.yaml, yolo26n.yaml)."
             )
     else:
-        cfg_dict = yaml_model_load(cfg)
-    if cfg_dict.get("task", "detect") != "detect" or "head" not in cfg_dict:
-        raise YoloPruneError(f"'{name}' is not a detection model YAML.")
+        cfg_dict = _read_yaml(cfg)
     from .anchor import AnchorDetectionModel, is_anchor_yaml
 
-    if is_anchor_yaml(cfg_dict):  # YOLOv5/YOLOv7 anchor-based head: built by our parser (see anchor.py)
-        return AnchorDetectionModel(cfg_dict, nc=nc, verbose=False)
-    return DetectionModel(cfg_dict, nc=nc, verbose=False)
+    check_model_yaml(cfg_dict, name)
+    try:
+        if is_anchor_yaml(cfg_dict):  # YOLOv5/YOLOv7 anchor-based head: built by our parser (see anchor.py)
+            return AnchorDetectionModel(cfg_dict, nc=nc, verbose=False)
+        return DetectionModel(cfg_dict, nc=nc, verbose=False)
+    except YoloPruneError:
+        raise
+    except (AttributeError, IndexError, KeyError, RuntimeError, TypeError, ValueError) as e:  # rows that do not fit
+        raise YoloPruneError(f"Cannot build the model in '{name}': {type(e).__name__}: {e}") from None
+
+
+def _read_yaml(cfg: Path) -> dict:
+    from ultralytics.nn.tasks import yaml_model_load
+
+    try:
+        cfg_dict = yaml_model_load(cfg)
+    except Exception as e:  # malformed YAML: the yaml parser raises several types
+        raise YoloPruneError(f"Cannot read the model YAML '{cfg}': {str(e).strip().splitlines()[0]}") from None
+    if not isinstance(cfg_dict, dict):
+        raise YoloPruneError(f"'{cfg}' is not a model YAML (a mapping with backbone and head).")
+    return cfg_dict
+
+
+def check_model_yaml(cfg: dict, name: str) -> None:
+    """Refuse, before Ultralytics evaluates or calls anything from it, a YAML that is not a plain detector.
+
+    Ultralytics `eval`s the `activation:` value and calls whatever each row's module name resolves to; we accept
+    only an activation we parse without evaluating (`nn.SiLU()`, `torch.nn.LeakyReLU(0.1)`) and layer classes.
+    """
+    from .anchor import activation, is_anchor_yaml
+
+    backbone, head = cfg.get("backbone"), cfg.get("head")
+    rows = backbone + head if isinstance(backbone, list) and isinstance(head, list) else []
+    if not rows or not all(isinstance(r, (list, tuple)) and len(r) == 4 and isinstance(r[2], str) for r in rows):
+        raise YoloPruneError(f"'{name}' is not a model YAML: it needs backbone and head lists of [from, n, module, "
+                             "args] rows.")  # fmt: skip
+    if cfg.get("activation"):
+        activation(cfg["activation"])  # raises a YoloPruneError for anything but a torch activation call
+    head = rows[-1][2]
+    if head not in ("Detect", "v10Detect", "IDetect"):
+        raise YoloPruneError(f"'{name}' is not an object detector (its head is {head}); yolo-prune prunes detection "
+                             "models with a Detect head (e.g. yolov8n.yaml), not classification, segmentation, pose "
+                             "or OBB models.")  # fmt: skip
+    if not is_anchor_yaml(cfg):  # our anchor parser only knows its own layer builders
+        for i, row in enumerate(rows):
+            if not _is_layer_name(row[2]):
+                raise YoloPruneError(f"Layer {i} of '{name}' names '{row[2]}', which is not a model layer class.")
+
+
+def _is_layer_name(name: str) -> bool:
+    """True if Ultralytics' parser resolves `name` to an nn.Module class (it would call anything it finds)."""
+    import ultralytics.nn.tasks as tasks
+
+    if name.startswith("nn."):
+        obj = getattr(nn, name[3:], None)
+    elif name.startswith("torchvision.ops."):
+        import torchvision
+
+        obj = getattr(torchvision.ops, name[16:], None)
+    else:
+        obj = vars(tasks).get(name)
+    return isinstance(obj, type) and issubclass(obj, nn.Module)
 
 
 def load_checkpoint(path: str) -> nn.Module:
     """Load an Ultralytics checkpoint (EMA preferred, as Ultralytics does) as a float32 module.
 
-    An official YOLOv5/YOLOv7 checkpoint (pickled `models.yolo.*` classes) is imported on the fly, without running
-    anything from it (see importer.py).
+    Nothing from the file is run: Ultralytics checkpoints go through the restricted unpickler (safe_load.py), an
+    official YOLOv5/YOLOv7 checkpoint (pickled `models.yolo.*` classes) is imported on the fly (see importer.py).
     """
-    from ultralytics.nn.tasks import load_checkpoint as ul_load
-
+    from .. import safe_load
     from . import importer
 
     file = Path(path)
@@ -94,13 +160,4 @@ def load_checkpoint(path: str) -> nn.Module:
         raise YoloPruneError(f"Checkpoint '{path}' does not exist.")
     if importer.is_foreign(file):
         return importer.load_foreign(file)
-    from . import register
-
-    register.register_modules()
-    try:
-        model, _ = ul_load(str(file), device="cpu")
-    except Exception as e:  # unpickling foreign classes, truncated files, non-checkpoints
-        raise YoloPruneError(f"Cannot load '{path}' as an Ultralytics checkpoint: {e}") from None
-    if not isinstance(model, nn.Module):
-        raise YoloPruneError(f"'{path}' does not contain a model.")
-    return model
+    return safe_load.load_checkpoint(file)[0]

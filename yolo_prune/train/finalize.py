@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
-import torch
-
+from ..checkpoint import atomic_save
 from ..graph.analyze import ChannelGraph
+from ..safe_load import load
 from ..slim.slim import slim
 from .trainer import STATE_ATTR
 
@@ -17,7 +16,7 @@ def slim_checkpoint(path: Path, graph: ChannelGraph) -> None:
 
     The optimizer state belongs to the dense parameters and cannot survive slimming; a finished run does not resume.
     """
-    ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    ckpt = load(path)
     ema = ckpt.get("ema")
     state = getattr(ema, STATE_ATTR, None)
     if state is None:  # already slim (a re-run of final_eval) or not ours
@@ -33,6 +32,4 @@ def slim_checkpoint(path: Path, graph: ChannelGraph) -> None:
         "base_gflops": graph.gflops(),
         "slim_gflops": graph.gflops(masks),
     }
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(ckpt, tmp)
-    os.replace(tmp, path)
+    atomic_save(ckpt, path)  # a kill mid-write leaves the masked checkpoint whole

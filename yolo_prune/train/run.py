@@ -3,64 +3,80 @@
 from __future__ import annotations
 
 import io
+import tempfile
 from copy import deepcopy
 from pathlib import Path
 
 import torch
-from ultralytics.utils import LOGGER, SETTINGS
 
-from ..checkpoint import save_checkpoint
 from ..errors import YoloPruneError
 from ..methods.schedule import PruneSettings
 from ..nn.build import config_path, load_model
+from .checks import check_classes, check_data, check_imgsz, check_reachable, check_train_args
 
 DEFAULT_CFG_NAME = "yolov7-tiny.yaml"
 DEMO_DEFAULTS = {"epochs": 3, "imgsz": 160, "batch": 16}  # the README demo: minutes on a 2-core CPU
 
 
 def run_training(cfg, settings: PruneSettings, data, weights, overrides: dict) -> dict:
-    from ultralytics.utils.torch_utils import get_flops
-
+    """Check everything that can be checked, then train; nothing is written before the checks pass."""
     from .log import summary_table
-    from .trainer import PruneTrainer
 
     overrides = dict(overrides)
     if overrides.get("resume"):  # a last.pt path, or True for the newest run (Ultralytics' rule)
-        resume = overrides["resume"]
-        trainer = PruneTrainer(overrides={"resume": resume, **({"model": str(resume)} if resume is not True else {})})
-        return _finish(trainer, base=None)
-    if data is None:
-        from ..demo_data import ensure_demo_dataset
-
-        data = ensure_demo_dataset()
-        print(f"yolo-prune: no --data given, training on the embedded demo dataset {data}", flush=True)
-        overrides = {**DEMO_DEFAULTS, **overrides}
-    elif not Path(str(data)).exists() and not str(data).endswith(".yaml"):
-        raise YoloPruneError(f"Dataset '{data}' not found; give an Ultralytics dataset YAML.")
-    base = _initial_model(cfg, weights)
-    model_arg = _model_argument(cfg, weights, base)
-    trainer = PruneTrainer(overrides={**overrides, "model": model_arg, "data": str(data)}, prune=settings)
-    if weights is None:  # built for the dataset's classes, as the trainer will build it
-        base = load_model(cfg or DEFAULT_CFG_NAME, nc=trainer.data["nc"])
-    base_row = {
-        "model": "base",
-        "gflops": get_flops(base, settings.imgsz),
-        "params": sum(p.numel() for p in base.parameters()),
-        "size_mb": _checkpoint_mb(base),
-    }
-    if weights is not None:  # mAP before pruning is only meaningful for a trained starting point
-        base_row.update(_validate(model_arg, trainer))
-    result = _finish(trainer, base_row)
+        result = _resume(overrides)
+    else:
+        result = _train(cfg, settings, data, weights, overrides)
     print("\n" + summary_table(result["rows"]), flush=True)
     return result
 
 
-def _initial_model(cfg, weights):
+def _train(cfg, settings, data, weights, overrides: dict) -> dict:
+    from .trainer import PruneTrainer
+
+    if data is None:
+        overrides = {**DEMO_DEFAULTS, **overrides}
+    check_train_args(overrides)
+    check_imgsz(settings.imgsz)  # the size FLOPs are counted at
+    data_file, info = check_data(data)
+    if data is None:
+        print(f"yolo-prune: no --data given, training on the embedded demo dataset {data_file}", flush=True)
+    base = _initial_model(cfg, weights, info["nc"])
+    check_reachable(base, settings)
+    trainer = PruneTrainer(overrides={**overrides, "model": _model_argument(cfg, weights), "data": str(data_file)},
+                           prune=settings)  # fmt: skip
+    base_row = _base_row(base, settings.imgsz)
+    if weights is not None:  # mAP before pruning is only meaningful for a trained starting point
+        base_row.update(_validate(base, trainer))
+    return _finish(trainer, base_row)
+
+
+def _resume(overrides: dict) -> dict:
+    from .trainer import PruneTrainer
+
+    resume = overrides["resume"]
+    trainer = PruneTrainer(overrides={**overrides, **({"model": str(resume)} if resume is not True else {})})
+    dense = load_model(trainer.args.resume)  # the masked, not yet slim model of last.pt: the base architecture
+    result = _finish(trainer, base=None)
+    result["rows"].insert(0, _base_row(dense, trainer.prune_settings.imgsz))  # settings as restored from last.pt
+    return result
+
+
+def _base_row(model, imgsz: int) -> dict:
+    from ultralytics.utils.torch_utils import get_flops
+
+    return {"model": "base", "gflops": get_flops(model, imgsz), "params": sum(p.numel() for p in model.parameters()),
+            "size_mb": _checkpoint_mb(model)}  # fmt: skip
+
+
+def _initial_model(cfg, weights, nc: int):
+    """The model training starts from, built for the dataset's classes (as the trainer will build it)."""
     if weights is None:
-        return load_model(cfg or DEFAULT_CFG_NAME)
+        return load_model(cfg or DEFAULT_CFG_NAME, nc=nc)
     model = load_model(weights)
+    check_classes(model, nc, weights)
     if cfg is not None:
-        reference = load_model(cfg, nc=model.nc).state_dict()
+        reference = load_model(cfg, nc=nc).state_dict()
         shapes = {k: v.shape for k, v in model.state_dict().items()}
         if {k: v.shape for k, v in reference.items()} != shapes:
             raise YoloPruneError(f"--weights {weights} is not a {cfg} model (its layers differ); drop --cfg or "
@@ -68,35 +84,24 @@ def _initial_model(cfg, weights):
     return model
 
 
-def _model_argument(cfg, weights, base) -> str:
-    """What Ultralytics gets as `model`: a YAML path, or an Ultralytics checkpoint (imported if it was foreign)."""
+def _model_argument(cfg, weights) -> str:
+    """What Ultralytics gets as `model`: a YAML path or the weights file (PruneTrainer.setup_model reads it safely
+    and imports an official YOLOv5/YOLOv7 checkpoint in memory, so nothing is written outside the run)."""
     if weights is None:
         name = cfg or DEFAULT_CFG_NAME
         return str(config_path(name) or name)
-    if _is_ultralytics_checkpoint(weights):
-        return str(weights)
-    out = Path(SETTINGS["weights_dir"]) / f"{Path(weights).stem}-imported.pt"
-    save_checkpoint(base, out, {"imported_from": str(weights)})
-    LOGGER.info(f"yolo-prune: imported {weights} -> {out}")
-    return str(out)
+    return str(weights)
 
 
-def _is_ultralytics_checkpoint(path) -> bool:
-    try:
-        from ultralytics.nn.tasks import load_checkpoint
+def _validate(model, trainer) -> dict:
+    """Ultralytics' mAP of the starting model, in memory: nothing is loaded from a file and nothing is written."""
+    from ultralytics.models.yolo.detect import DetectionValidator
 
-        load_checkpoint(str(path))
-        return True
-    except Exception:
-        return False
-
-
-def _validate(model_path: str, trainer) -> dict:
-    from ultralytics import YOLO
-
-    metrics = YOLO(model_path).val(data=trainer.args.data, imgsz=trainer.args.imgsz, batch=trainer.args.batch,
-                                   plots=False, verbose=False, device=trainer.args.device)  # fmt: skip
-    return {"map50_95": float(metrics.box.map), "map50": float(metrics.box.map50)}
+    args = dict(data=trainer.args.data, imgsz=trainer.args.imgsz, batch=trainer.args.batch, device=trainer.args.device,
+                rect=True, plots=False, save_json=False, verbose=False, mode="val")  # fmt: skip
+    with tempfile.TemporaryDirectory(prefix="yolo_prune_val_") as tmp:
+        stats = DetectionValidator(args=args, save_dir=Path(tmp))(model=deepcopy(model))
+    return {"map50_95": float(stats["metrics/mAP50-95(B)"]), "map50": float(stats["metrics/mAP50(B)"])}
 
 
 def _finish(trainer, base: dict | None) -> dict:

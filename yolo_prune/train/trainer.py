@@ -16,18 +16,18 @@ from __future__ import annotations
 
 import json
 import os
-import random
 from copy import deepcopy
 from pathlib import Path
 
-import numpy as np
 import torch
 from ultralytics.models.yolo.detect import DetectionTrainer
 from ultralytics.utils import DEFAULT_CFG, LOGGER, RANK
 from ultralytics.utils.torch_utils import unwrap_model
 
+from ..checkpoint import pack_numpy, unpack_numpy
 from ..methods.schedule import PruneSettings
 from ..nn.build import load_model
+from . import resume
 from .pruner import InTrainingPruner
 
 SETTINGS_ENV = "YOLO_PRUNE_SETTINGS"
@@ -47,8 +47,11 @@ class PruneTrainer(DetectionTrainer):
         self.prune_log = None
         self._resume_state = None
         self._batch = 0
+        self.cadence = resume.Cadence()  # where the optimizer steps, for an exact resume
         self.add_callback("on_train_epoch_start", _on_epoch_start)
         self.add_callback("on_train_batch_end", _on_batch_end)
+        self.add_callback("on_train_epoch_start", resume.on_epoch_start)
+        self.add_callback("on_train_batch_end", resume.on_batch_end)
         self.add_callback("on_fit_epoch_end", _on_fit_epoch_end)
 
     # -- model --------------------------------------------------------------------------------------------------------
@@ -72,7 +75,34 @@ class PruneTrainer(DetectionTrainer):
             p.requires_grad_(True)
         return self.set_model_names_for_load(model.float())
 
+    def setup_model(self):
+        """Ultralytics' setup_model, but checkpoints (`model=x.pt`, `pretrained=x.pt`) are read with yolo-prune's
+        restricted unpickler (safe_load.py); an official YOLOv5/YOLOv7 one is imported in memory (nothing written)."""
+        pretrained = self.args.pretrained if isinstance(self.args.pretrained, (str, Path)) else None
+        if isinstance(self.model, torch.nn.Module) or not (str(self.model).endswith(".pt") or pretrained):
+            return super().setup_model()
+        cfg, weights, ckpt = self.model, None, None
+        if str(self.model).endswith(".pt"):
+            weights, ckpt = _read_weights(self.model)
+            cfg = weights.yaml
+        if pretrained and not self.resume:
+            weights, _ = _read_weights(pretrained)
+        self.model = self.get_model(cfg=cfg, weights=weights, verbose=RANK in {-1, 0})
+        return ckpt
+
     # -- setup and resume ---------------------------------------------------------------------------------------------
+    def check_resume(self, overrides):
+        """Check the checkpoint to resume from with the restricted unpickler first (one clear error, before anything
+        is written); Ultralytics then reads its arguments under torch's weights-only loader."""
+        if not self.args.resume:
+            return super().check_resume(overrides)
+        from ..safe_load import ultralytics_loads
+
+        path, _ = resume.resume_checkpoint(self.args.resume)
+        self.args.resume = str(path)
+        with ultralytics_loads(path):
+            super().check_resume(overrides)
+
     def _setup_train(self):
         super()._setup_train()
         if not self.prune_settings.flops:
@@ -97,7 +127,7 @@ class PruneTrainer(DetectionTrainer):
     def resume_training(self, ckpt):
         super().resume_training(ckpt)
         if ckpt is not None and self.resume:
-            self._resume_state = getattr(ckpt.get("ema"), STATE_ATTR, None)
+            self._resume_state = unpack_numpy(getattr(ckpt.get("ema"), STATE_ATTR, None))
             if self._resume_state is not None:
                 self.prune_settings = PruneSettings(**self._resume_state["pruner"]["settings"]).validate()
                 os.environ[SETTINGS_ENV] = json.dumps(self.prune_settings.to_dict())
@@ -111,6 +141,11 @@ class PruneTrainer(DetectionTrainer):
         self.pruner.load_state_dict(state["pruner"], model, self.ema)
 
     # -- training step ------------------------------------------------------------------------------------------------
+    def preprocess_batch(self, batch):
+        batch = super().preprocess_batch(batch)
+        resume.align_step(self)  # runs after Ultralytics' warm-up set `accumulate`, before it decides to step
+        return batch
+
     def optimizer_step(self):
         """The stock step (unscale, clip, step, update, zero_grad, EMA) with the pruner's work in between."""
         if self.pruner is None:
@@ -136,19 +171,24 @@ class PruneTrainer(DetectionTrainer):
 
     def save_model(self):
         if self.pruner is None:
-            return super().save_model()
+            return self._save_staged()
         ema = self.ema.ema
-        setattr(ema, STATE_ATTR, {
+        setattr(ema, STATE_ATTR, pack_numpy({  # numpy as tensors: weights-only loaders read last.pt too
             "pruner": self.pruner.state_dict(),
             "model": {k: v.detach().clone() for k, v in unwrap_model(self.model).state_dict().items()},
             "ema": {k: v.detach().clone() for k, v in ema.state_dict().items()},
             "optimizer": deepcopy(self.optimizer.state_dict()),
-            "rng": _rng_state(self.train_loader),
-        })  # fmt: skip
+            **resume.capture(self),
+        }))  # fmt: skip
         try:
-            return super().save_model()
+            return self._save_staged()
         finally:
             delattr(ema, STATE_ATTR)
+
+    def _save_staged(self):
+        """Ultralytics' save_model, written atomically (it writes last.pt in place)."""
+        with resume.staged_weights(self):
+            return super().save_model()
 
     def final_eval(self):
         if self.pruner is not None and RANK in {-1, 0}:
@@ -159,15 +199,25 @@ class PruneTrainer(DetectionTrainer):
                     slim_checkpoint(path, self.pruner.graph)
             if self.prune_log is not None:
                 self.prune_log.plot()
-        super().final_eval()
+        with resume.staged_weights(self, copy_existing=True):  # Ultralytics strips last.pt and best.pt in place
+            super().final_eval()
+
+
+def _read_weights(path) -> tuple[torch.nn.Module, dict | None]:
+    from ..nn import importer
+    from ..safe_load import load_checkpoint
+
+    if importer.is_foreign(path):
+        return load_model(path), None
+    return load_checkpoint(path)
 
 
 # Callbacks are module-level functions (picklable, re-registered by DDP children through __init__).
 def _on_epoch_start(trainer: PruneTrainer):
     trainer._batch = 0
     state = trainer._resume_state
-    if state is not None:  # first epoch after a resume: continue the random streams where the killed run was
-        _set_rng_state(state["rng"], trainer.train_loader)
+    if state is not None:  # first epoch after a resume: continue exactly where the killed run was
+        resume.restore(trainer, state)
         trainer._resume_state = None
 
 
@@ -183,30 +233,3 @@ def _on_fit_epoch_end(trainer: PruneTrainer):
         p = trainer.pruner
         trainer.prune_log.record(trainer.epoch + 1, p.masks.gflops(),  # 1-based, as Ultralytics prints
                                  p.graph.params(unwrap_model(trainer.model), p.masks.masks), p.widths())  # fmt: skip
-
-
-def _rng_state(loader) -> dict:
-    sampler = getattr(loader, "sampler", None)
-    generator = getattr(sampler, "generator", None)
-    return {
-        "torch": torch.get_rng_state(),
-        "numpy": np.random.get_state(),
-        "python": random.getstate(),
-        "sampler": generator.get_state() if generator is not None else None,
-    }
-
-
-def _set_rng_state(state: dict, loader):
-    torch.set_rng_state(state["torch"])
-    np.random.set_state(state["numpy"])
-    random.setstate(state["python"])
-    sampler = getattr(loader, "sampler", None)
-    generator = getattr(sampler, "generator", None)
-    if generator is not None and state["sampler"] is not None:
-        if getattr(loader, "iterator", ...) is None:  # creating the iterator draws a base seed: do it before restoring
-            loader.iterator = loader._get_iterator()
-        generator.set_state(state["sampler"])
-        # The uninterrupted run's persistent iterator lets RandomSampler draw one more permutation (for its
-        # `num_samples % n` tail) before the next epoch's; a fresh iterator would not, so draw it here.
-        if isinstance(sampler, torch.utils.data.RandomSampler) and not sampler.replacement:
-            torch.randperm(len(sampler.data_source), generator=generator)
