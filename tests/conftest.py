@@ -49,6 +49,22 @@ def slim_checkpoint(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def slim_v8n(tmp_path_factory) -> Path:
+    """yolov8n pruned by 30 % at 64 px (seconds): a small genuine slim checkpoint for loading and bad-input tests."""
+    from yolo_prune.api import prune
+
+    out = tmp_path_factory.mktemp("slim_v8n") / "slim.pt"
+    prune("yolov8n.yaml", flops=0.3, imgsz=64, out=out)
+    return out
+
+
+@pytest.fixture(scope="session")
+def yolov5n_official() -> Path:
+    """The shared official YOLOv5n checkpoint (pickles the YOLOv5 repository's classes)."""
+    return shared("yolov5n_coco", "yolov5n.pt")
+
+
+@pytest.fixture(scope="session")
 def yolov5n_coco(tmp_path_factory) -> Path:
     """The shared COCO-trained YOLOv5n, imported as an Ultralytics checkpoint: real detections to score."""
     from yolo_prune.api import import_checkpoint

@@ -33,15 +33,6 @@ def fails_cleanly(argv, capsys, folder, *needles):
     return err
 
 
-@pytest.fixture(scope="module")
-def slim(tmp_path_factory):
-    from yolo_prune.api import prune
-
-    out = tmp_path_factory.mktemp("slim") / "slim.pt"
-    prune("yolov8n.yaml", flops=0.3, imgsz=64, out=out)
-    return out
-
-
 # -- models that are not detectors ------------------------------------------------------------------------------------
 @pytest.mark.parametrize("name", NON_DETECTORS)
 @pytest.mark.parametrize("command", [["info"], ["prune", "--flops", "0.3", "--out", "out.pt"], ["export"]])
@@ -95,11 +86,10 @@ def unwritable(workdir):
     (["bench", "--model", "yolov8n.yaml", "--backend", "torch", "--imgsz", "64", "--json"], ".json"),
     (["import", "{shared}", "--out"], ".pt"),
 ])  # fmt: skip
-def test_unwritable_output_fails_before_any_work(command, suffix, unwritable, workdir, capsys):
+def test_unwritable_output_fails_before_any_work(command, suffix, unwritable, workdir, capsys, request):
     if "{shared}" in command:
-        from conftest import shared
-
-        command = [str(shared("yolov5n_coco", "yolov5n.pt")) if c == "{shared}" else c for c in command]
+        official = str(request.getfixturevalue("yolov5n_official"))
+        command = [official if c == "{shared}" else c for c in command]
     for out in unwritable:
         fails_cleanly([*command, f"{out}{suffix}"], capsys, workdir, "cannot be written", str(out.parent))
 
@@ -139,26 +129,26 @@ def test_train_checks_arguments_first(extra, needle, workdir, capsys, coco8_yaml
     fails_cleanly(argv, capsys, workdir, needle)
 
 
-def test_train_weights_with_other_classes(slim, workdir, capsys, coco8):
+def test_train_weights_with_other_classes(slim_v8n, workdir, capsys, coco8):
     one_class = write_yaml(workdir / "one.yaml", {"path": str(coco8), "train": "images/train", "val": "images/val",
                                                    "names": {0: "thing"}})  # fmt: skip
-    argv = ["train", "--weights", slim, "--flops", "0.3", "--data", one_class, "--project", "runs"]
+    argv = ["train", "--weights", slim_v8n, "--flops", "0.3", "--data", one_class, "--project", "runs"]
     fails_cleanly(argv, capsys, workdir, "predicts 80 classes, the dataset has 1")
 
 
 @pytest.fixture
-def bad_resumes(slim, workdir):
+def bad_resumes(slim_v8n, workdir):
     """The --resume files the issue lists: missing, text, truncated, from a finished run, a non-training file."""
     from ultralytics.cfg import DEFAULT_CFG_DICT
 
     (workdir / "notes.txt").write_text("not a checkpoint\n")
-    data = slim.read_bytes()
+    data = slim_v8n.read_bytes()
     (workdir / "cut.pt").write_bytes(data[: len(data) // 2])
-    ckpt = torch.load(slim, weights_only=False)  # the layout Ultralytics' strip_optimizer leaves at the end of a run
+    ckpt = torch.load(slim_v8n, weights_only=False)  # the layout strip_optimizer leaves at the end of a run
     ckpt.update(epoch=-1, optimizer=None, ema=None, train_args={**DEFAULT_CFG_DICT, "epochs": 3})
     torch.save(ckpt, workdir / "finished.pt")
     return {"missing.pt": "no such file", "notes.txt": "not a .pt file", "cut.pt": "truncated",
-            "finished.pt": "that run finished", str(slim): "not a last.pt written by training"}  # fmt: skip
+            "finished.pt": "that run finished", str(slim_v8n): "not a last.pt written by training"}  # fmt: skip
 
 
 def test_every_bad_resume(bad_resumes, workdir, capsys):

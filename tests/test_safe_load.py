@@ -25,20 +25,11 @@ class Call:
         return self.fn, self.args
 
 
-@pytest.fixture(scope="module")
-def slim(tmp_path_factory):
-    from yolo_prune.api import prune
-
-    out = tmp_path_factory.mktemp("slim") / "slim.pt"
-    prune("yolov8n.yaml", flops=0.3, imgsz=64, out=out)
-    return out
-
-
 @pytest.fixture
-def evil(slim, tmp_path):
+def evil(slim_v8n, tmp_path):
     """A genuine checkpoint with one extra key whose value runs `touch marker` when unpickled normally."""
     marker = tmp_path / "pwned"
-    ckpt = torch.load(slim, weights_only=False)
+    ckpt = torch.load(slim_v8n, weights_only=False)
     ckpt["x"] = Call(os.system, f"touch {marker}")
     path = tmp_path / "evil.pt"
     torch.save(ckpt, path)
@@ -130,18 +121,18 @@ def test_a_file_never_makes_us_import_a_module(tmp_path, no_trust):
     assert "yolo_prune.__main__" not in sys.modules  # importing it would have run the CLI
 
 
-def test_our_outputs_load_under_the_restricted_loader(slim, yolov5n_coco, no_trust):
-    for path in (slim, yolov5n_coco):
+def test_our_outputs_load_under_the_restricted_loader(slim_v8n, yolov5n_coco, no_trust):
+    for path in (slim_v8n, yolov5n_coco):
         model, ckpt = load_checkpoint(path)
         assert isinstance(model, DetectionModel) and model.task == "detect" and isinstance(ckpt, dict)
 
 
-def test_our_outputs_load_under_ultralytics_safe_load(slim, yolov5n_coco, tmp_path):
+def test_our_outputs_load_under_ultralytics_safe_load(slim_v8n, yolov5n_coco, tmp_path):
     """`ULTRALYTICS_SAFE_LOAD=1` (torch weights-only loading): a stock-class slim model loads in plain Ultralytics;
     one with yolo-prune classes (the imported YOLOv5n) once yolo-prune registered them."""
     code = textwrap.dedent(f"""
         from ultralytics.nn.tasks import load_checkpoint
-        load_checkpoint({str(slim)!r})
+        load_checkpoint({str(slim_v8n)!r})
         import sys; assert "yolo_prune" not in sys.modules
         from yolo_prune.nn.register import register_modules
         register_modules()
@@ -205,3 +196,42 @@ def test_pickle_helpers_stay_plain(tmp_path, no_trust):
     back = load(path)
     assert back["b"] == data["b"] and back["s"] == {1, 2} and back["f"] == 0.5 and back["p"] == tmp_path
     assert (back["a"] == np.arange(3)).all() and back["d"] is torch.float16
+
+
+def test_a_checkpoint_yaml_is_checked_like_a_model_yaml(slim_v8n, tmp_path, capsys, no_trust):
+    """Ultralytics' trainer rebuilds a checkpoint's model from its `yaml` dict, evaluating the activation there."""
+    ckpt = torch.load(slim_v8n, weights_only=False)
+    ckpt["model"].yaml = {**ckpt["model"].yaml, "activation": "__import__('os').getcwd()"}
+    path = tmp_path / "yaml.pt"
+    torch.save(ckpt, path)
+    assert main(["info", "--model", str(path)]) == 2
+    one_line_error(capsys, "Activation", "__import__")
+
+
+def test_ultralytics_own_loads_are_restricted_inside_the_trainer(slim_v8n, evil, no_trust):
+    """Pins what `ultralytics_loads` relies on: Ultralytics' loader goes through torch.load, which the public
+    TORCH_FORCE_WEIGHTS_ONLY_LOAD switch turns weights-only, allowed only the globals our policy accepted."""
+    from ultralytics.nn.tasks import load_checkpoint as ultralytics_load
+
+    from yolo_prune.safe_load import ultralytics_loads
+
+    path, marker = evil
+    with ultralytics_loads(slim_v8n):
+        ultralytics_load(str(slim_v8n))  # what the policy accepted loads
+        with pytest.raises(Exception):
+            ultralytics_load(str(path))
+    assert not marker.exists()
+    assert "TORCH_FORCE_WEIGHTS_ONLY_LOAD" not in os.environ
+
+
+@pytest.mark.parametrize("key", ["model", "pretrained"])
+def test_the_trainer_reads_model_and_pretrained_checkpoints_safely(key, evil, coco8_yaml, tmp_path, no_trust):
+    from yolo_prune.train.trainer import PruneTrainer
+
+    path, marker = evil
+    model = str(path) if key == "model" else "yolov8n.yaml"
+    overrides = dict(model=model, data=str(coco8_yaml), epochs=1, imgsz=64, device="cpu", workers=0, plots=False,
+                     project=str(tmp_path), name="run", **({"pretrained": str(path)} if key == "pretrained" else {}))
+    with pytest.raises(YoloPruneError, match=r"posix\.system"):
+        PruneTrainer(overrides=overrides).train()
+    assert not marker.exists()

@@ -10,6 +10,10 @@ import sys
 from .errors import YoloPruneError
 
 
+TRUST_HELP = ("load checkpoints with the ordinary unpickler, which runs code stored in them: only for files from a "
+              "source you trust (default: a restricted loader refuses such code)")
+
+
 def _model_arg(p, flag="--model", required=True, **kw):
     p.add_argument(flag, required=required, help="model YAML name (yolov8n.yaml, yolov7.yaml), .yaml path or .pt", **kw)
 
@@ -89,9 +93,7 @@ def _build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True)
     for name, p in sub.choices.items():  # every command that reads checkpoints (import never runs pickled code)
         if name != "import":
-            p.add_argument("--trust-checkpoint", action="store_true",
-                           help="load checkpoints with the ordinary unpickler, which runs code stored in them: only "
-                                "for files from a source you trust (default: a restricted loader refuses such code)")  # fmt: skip
+            p.add_argument("--trust-checkpoint", action="store_true", help=TRUST_HELP)
     return parser
 
 

@@ -223,6 +223,10 @@ def load_checkpoint(path) -> tuple[nn.Module, dict]:
     model = ckpt.get("ema") if ckpt.get("ema") is not None else ckpt.get("model")
     if not isinstance(model, nn.Module):
         raise YoloPruneError(f"'{path}' holds no model under 'ema' or 'model'; give an Ultralytics .pt checkpoint.")
+    if isinstance(getattr(model, "yaml", None), dict):  # Ultralytics rebuilds (and evals) it when it retrains a model
+        from .nn.build import check_model_yaml
+
+        check_model_yaml(model.yaml, str(path))
     model = model.float()
     model.args = {**DEFAULT_CFG_DICT, **(ckpt.get("train_args") or {})}
     model.pt_path = str(path)

@@ -47,19 +47,17 @@ def test_train_cli_bad_input(capsys, tmp_path):
 
 
 @pytest.mark.slow
-def test_train_from_official_weights_writes_only_inside_the_run_folder(tmp_path, monkeypatch, coco8_yaml):
+def test_train_from_official_weights_writes_only_inside_the_run_folder(tmp_path, monkeypatch, coco8_yaml,
+                                                                        yolov5n_official):  # fmt: skip
     from ultralytics.utils import SETTINGS
 
-    from conftest import shared
-
-    official = shared("yolov5n_coco", "yolov5n.pt")
     weights_dir = Path(SETTINGS["weights_dir"])
     before = sorted(weights_dir.rglob("*")) if weights_dir.exists() else []
     work = tmp_path / "work"
     work.mkdir()
     monkeypatch.chdir(work)
-    argv = ["train", "--weights", official, "--flops", "0.3", "--data", coco8_yaml, "--epochs", "1", "--imgsz", "64",
-            "--project", tmp_path / "runs", "--name", "v5", "workers=0", "plots=False"]  # fmt: skip
+    argv = ["train", "--weights", yolov5n_official, "--flops", "0.3", "--data", coco8_yaml, "--epochs", "1",
+            "--imgsz", "64", "--project", tmp_path / "runs", "--name", "v5", "workers=0", "plots=False"]  # fmt: skip
     assert main([str(a) for a in argv]) == 0
     assert not list(work.iterdir())  # no weights/, no runs/detect/val in the working directory
     assert (sorted(weights_dir.rglob("*")) if weights_dir.exists() else []) == before
