@@ -56,6 +56,10 @@ def _build_parser() -> argparse.ArgumentParser:
     p.add_argument("--warmup-frac", type=float, default=None, help="fraction of epochs before pruning starts")
     p.add_argument("--prune-frac", type=float, default=None, help="fraction of epochs at which the target is reached")
     p.add_argument("--steps-per-epoch", type=int, default=None, help="pruning steps per epoch in the pruning phase")
+    p.add_argument("--compensate", action=argparse.BooleanOptionalAction, default=None,
+                   help="hand masked channels over to their consumers by least squares (default on)")
+    p.add_argument("--distill", type=float, default=None,
+                   help="weight of distillation from the dense starting model (default 1 with --weights; 0 = off)")
     p.add_argument("overrides", nargs="*", help="any other Ultralytics train argument as key=value")
 
     p = sub.add_parser("val", help="COCO mAP with pycocotools (and Ultralytics' mAP beside it)")
@@ -156,7 +160,8 @@ def _train_kwargs(args) -> dict:
         key, value = item.split("=", 1)
         extra[key] = _parse_value(value)
     named = {k: getattr(args, k) for k in ("epochs", "imgsz", "batch", "device", "project", "name", "resume")}
-    prune = {k: getattr(args, k) for k in ("round_to", "min_keep", "warmup_frac", "prune_frac", "steps_per_epoch")}
+    prune = {k: getattr(args, k) for k in ("round_to", "min_keep", "warmup_frac", "prune_frac", "steps_per_epoch",
+                                     "compensate", "distill")}
     return dict(
         cfg=args.cfg, flops=args.flops, method=args.method, data=args.data, weights=args.weights,
         prune_args={k: v for k, v in prune.items() if v is not None},

@@ -9,7 +9,7 @@ import pytest
 from PIL import Image
 
 from yolo_prune.errors import YoloPruneError
-from yolo_prune.train.log import PruneLog, summary_table
+from yolo_prune.train.log import FIXED_COLUMNS, PruneLog, summary_table
 
 GROUPS = ["model.0.conv", "model.1.conv", "model.2.cv1"]
 BASE = [16, 32, 32]
@@ -20,64 +20,61 @@ def read_csv(path):
         return list(csv.reader(f))
 
 
-def test_record_writes_header_once_and_rows(tmp_path):
+def step(k, gflops, **kw):
+    return {"step": k, "position": 1.0 + k / 4, "target_gflops": gflops, "gflops": gflops, "params": 1000 - k,
+            "pruned": 8, "regrown": 0, "changed": 0, "compensated": 3, "loss": 0.2, "kd_loss": None, **kw}  # fmt: skip
+
+
+def test_record_writes_header_once_and_one_row_per_step(tmp_path):
     log = PruneLog(tmp_path, GROUPS, BASE, base_gflops=8.7)
-    log.record(0, 8.7, 3_000_000, [16, 32, 32])
-    log.record(1, 6.25, 2_100_000, [12, 24, 30])
-    assert read_csv(tmp_path / "prune_log.csv") == [
-        ["epoch", "gflops", "params"] + GROUPS,
-        ["0", "8.7", "3000000", "16", "32", "32"],
-        ["1", "6.25", "2100000", "12", "24", "30"],
-    ]
-
-
-def test_resume_appends_to_existing_file(tmp_path):
-    PruneLog(tmp_path, GROUPS, BASE, 8.7).record(0, 8.0, 2_900_000, [15, 30, 32])
-    resumed = PruneLog(tmp_path, GROUPS, BASE, 8.7)  # a new process re-opens the same run folder
-    resumed.record(1, 7.0, 2_500_000, [14, 28, 31])
-    resumed.record(2, 6.0, 2_200_000, [13, 26, 30])
+    log.record(step(0, 8.0, kd_loss=0.05), [16, 32, 24])
+    log.record(step(1, 6.25, regrown=2, changed=2), [8, 24, 24])
     lines = read_csv(tmp_path / "prune_log.csv")
-    assert [line[0] for line in lines] == ["epoch", "0", "1", "2"]
-    assert [r["gflops"] for r in resumed.rows()] == [8.0, 7.0, 6.0]
-    assert resumed.rows()[-1]["widths"] == [13, 26, 30]
+    assert lines[0] == FIXED_COLUMNS + GROUPS
+    assert lines[1] == ["0", "1", "8", "8", "1000", "8", "0", "0", "3", "0.2", "0.05", "16", "32", "24"]
+    assert lines[2][FIXED_COLUMNS.index("regrown")] == "2" and lines[2][FIXED_COLUMNS.index("kd_loss")] == ""
+    rows = log.rows()
+    assert [r["gflops"] for r in rows] == [8.0, 6.25] and rows[1]["kd_loss"] is None and rows[1]["widths"] == [8, 24, 24]
 
 
-def test_epoch_logged_twice_keeps_latest_row(tmp_path):
-    log = PruneLog(tmp_path, GROUPS, BASE, 8.7)
-    log.record(0, 8.0, 1, [16, 32, 32])
-    log.record(1, 7.0, 1, [15, 31, 32])  # then killed before the epoch-1 checkpoint: resume repeats epoch 1
-    log.record(1, 6.5, 1, [14, 30, 32])
-    assert [(r["epoch"], r["gflops"]) for r in log.rows()] == [(0, 8.0), (1, 6.5)]
+def test_resume_appends_and_a_repeated_step_keeps_its_latest_row(tmp_path):
+    PruneLog(tmp_path, GROUPS, BASE, 8.7).record(step(0, 8.0), [16, 32, 24])
+    resumed = PruneLog(tmp_path, GROUPS, BASE, 8.7)  # a new process re-opens the same run folder
+    resumed.record(step(1, 7.0), [16, 24, 24])  # then killed before the checkpoint: the resumed run repeats step 1
+    resumed.record(step(1, 6.5), [8, 24, 24])
+    resumed.record(step(2, 6.0), [8, 24, 16])
+    assert [line[0] for line in read_csv(tmp_path / "prune_log.csv")] == ["step", "0", "1", "1", "2"]
+    assert [(r["step"], r["gflops"]) for r in resumed.rows()] == [(0, 8.0), (1, 6.5), (2, 6.0)]
 
 
 def test_resume_with_other_groups_is_one_clear_error(tmp_path):
-    PruneLog(tmp_path, GROUPS, BASE, 8.7).record(0, 8.0, 1, BASE)
+    PruneLog(tmp_path, GROUPS, BASE, 8.7).record(step(0, 8.0), BASE)
     other = PruneLog(tmp_path, GROUPS[:2], BASE[:2], 8.7)
     with pytest.raises(YoloPruneError, match="different model"):
-        other.record(1, 7.0, 1, [1, 2])
+        other.record(step(1, 7.0), [1, 2])
 
 
 def test_mismatched_lengths_raise(tmp_path):
     with pytest.raises(YoloPruneError):
         PruneLog(tmp_path, GROUPS, [1, 2], 8.7)
     with pytest.raises(YoloPruneError):
-        PruneLog(tmp_path, GROUPS, BASE, 8.7).record(0, 1.0, 1, [1, 2])
+        PruneLog(tmp_path, GROUPS, BASE, 8.7).record(step(0, 1.0), [1, 2])
 
 
 def test_plot_writes_png(tmp_path):
     names = [f"model.{i}.cv{i % 3}" for i in range(90)]  # enough groups that tick labels get thinned
     base = [16 * (1 + i % 4) for i in range(90)]
     log = PruneLog(tmp_path, names, base, 8.7)
-    for epoch, keep in enumerate([1.0, 0.8, 0.6]):
-        log.record(epoch, 8.7 * keep, 1000, [max(1, int(w * keep)) for w in base])
+    for k, keep in enumerate([1.0, 0.8, 0.6]):
+        log.record(step(k, 8.7 * keep, kd_loss=0.1 * k, regrown=k), [max(1, int(w * keep)) for w in base])
     path = log.plot()
     assert path == tmp_path / "prune_widths.png" and path.stat().st_size > 10_000
     with Image.open(path) as im:
         assert im.format == "PNG" and im.width >= 800 and im.height >= 600
         pixels = np.asarray(im.convert("RGB"))
-    # both bar colours are drawn: the dense widths and the latest (pruned) ones
-    for rgb in [(0xC9, 0xD6, 0xE8), (0x2F, 0x6D, 0xB5)]:
-        assert (np.abs(pixels.astype(int) - rgb).sum(-1) < 6).sum() > 500
+    # drawn: the dense and pruned width bars, the train loss, the kd loss and the regrown-channel curves
+    for rgb in [(0xC9, 0xD6, 0xE8), (0x2F, 0x6D, 0xB5), (0xC0, 0x39, 0x2B), (0xE0, 0x8E, 0x0B), (0x27, 0xAE, 0x60)]:
+        assert (np.abs(pixels.astype(int) - rgb).sum(-1) < 6).sum() > 50, rgb
     assert not list(tmp_path.glob(".*.tmp"))
 
 

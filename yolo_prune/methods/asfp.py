@@ -3,12 +3,17 @@
 Paper: a single learning process whose "adaptive scaling method dynamically adjusts the size of the network to reflect
 the changing redundancy in the pruned network". Only the abstract is public; our reconstruction (docs/methods.md):
 at every pruning step, on the *current* pruned network,
-1. score every channel (Taylor importance measured in training, masked channels included via their shadows);
-2. redundancy of group g: rho_g = share of its alive channels scoring below `kappa` x their median; proposed width
-   w_g = alive_g * (1 - rho_g) + (masked channels scoring above that median)  -- layers can grow back;
+1. score every channel (Taylor importance measured in training, masked channels included via their shadows); Taylor
+   scores are in units of loss, so they compare across layers;
+2. redundancy of group g: rho_g = share of its alive channels scoring below `kappa` x the median score of all alive
+   channels of the network; proposed width w_g = alive_g * (1 - rho_g) + (its masked channels scoring above that
+   median) -- layers full of unimportant channels shrink most, and layers can grow back;
 3. one global scale sigma, found by bisection, maps the proposals onto the current FLOPs target:
    width_g = clip(round_to * round(sigma * w_g / round_to), floor_g, full_g);
-4. each group keeps its top-width_g channels; the shared budget trims the last rounding remainder exactly.
+4. each group moves from its current channels to width_g with the fewest changes: a shrinking group masks its
+   weakest alive channels, a growing one regrows its strongest masked ones (re-selecting every group from scratch
+   would swap channels at equal width and throw away what they learned); the shared budget trims the last rounding
+   remainder exactly.
 """
 
 from __future__ import annotations
@@ -28,19 +33,20 @@ class ASFP(PruningMethod):
 
     def prune_step(self, model, masks: MaskSet, target_gflops: float, progress: float) -> MaskSet:
         scores = self.score(model, masks)
-        proposal = {g.name: self._proposed_width(scores[g.name], masks.masks[g.name]) for g in self.graph.groups}
+        alive = np.concatenate([scores[k][m] for k, m in masks.masks.items()])
+        median = float(np.median(alive)) if alive.size else 0.0
+        proposal = {g.name: self._proposed_width(scores[g.name], masks.masks[g.name], median) for g in self.graph.groups}
         lo, hi = 0.0, 4.0
         for _ in range(40):  # smallest sigma whose FLOPs still reach the target (then trimmed exactly below)
             mid = (lo + hi) / 2
-            if self.graph.gflops(self._top(scores, self._widths(proposal, mid))) >= target_gflops:
+            if self.graph.gflops(_resize(scores, masks.masks, self._widths(proposal, mid))) >= target_gflops:
                 hi = mid
             else:
                 lo = mid
-        start = self._top(scores, self._widths(proposal, hi))
+        start = _resize(scores, masks.masks, self._widths(proposal, hi))
         return MaskSet(self.graph, self.budget.allocate(scores, target_gflops, start=start))
 
-    def _proposed_width(self, score: np.ndarray, alive: np.ndarray) -> float:
-        median = np.median(score[alive]) if alive.any() else 0.0
+    def _proposed_width(self, score: np.ndarray, alive: np.ndarray, median: float) -> float:
         redundant = (score[alive] < self.kappa * median).mean() if alive.any() else 0.0
         return alive.sum() * (1 - redundant) + (score[~alive] > median).sum()
 
@@ -52,11 +58,18 @@ class ASFP(PruningMethod):
             widths[g.name] = int(min(max(w, self.budget.floors[g.gid]), g.width))
         return widths
 
-    @staticmethod
-    def _top(scores, widths):
-        masks = {}
-        for k, w in widths.items():
-            keep = np.zeros(len(scores[k]), bool)
-            keep[np.argsort(-scores[k], kind="stable")[:w]] = True
-            masks[k] = keep
-        return masks
+
+def _resize(scores, current, widths) -> dict[str, np.ndarray]:
+    """Each group at its new width with the fewest changes: drop the weakest alive or regrow the strongest masked."""
+    masks = {}
+    for k, w in widths.items():
+        keep = current[k].copy()
+        have = int(keep.sum())
+        if w < have:
+            alive = np.flatnonzero(keep)
+            keep[alive[np.argsort(scores[k][alive], kind="stable")[: have - w]]] = False
+        elif w > have:
+            dead = np.flatnonzero(~keep)
+            keep[dead[np.argsort(-scores[k][dead], kind="stable")[: w - have]]] = True
+        masks[k] = keep
+    return masks

@@ -53,11 +53,15 @@ def normalise(scores: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
 def taylor(graph: ChannelGraph, per_norm: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     """First-order Taylor importance of post-BN channels, measured during training (see train/pruner.py).
 
-    `per_norm` holds, per BN, the mean over optimizer steps of (gamma * dL/dgamma + beta * dL/dbeta)^2: the squared
-    loss change to first order if the channel were zeroed (Molchanov et al. 2019, BN variant). Unlike norms it is in
-    units of loss, so it compares across layers: scores are divided by one global mean, not per group.
+    `per_norm` holds, per BN, the average over optimizer steps of (gamma * dL/dgamma + beta * dL/dbeta)^2, the
+    squared loss change to first order if the channel were zeroed (Molchanov et al. 2019, BN variant). The score is
+    its square root, |dL| in units of loss: the budget adds scores up over the channels it removes and weighs them
+    against FLOPs, which only makes sense for a quantity that adds (squared changes do not: they make many moderately
+    important channels look cheaper than a few, and the budget gutted whole layers). Unlike norms it compares across
+    layers, so scores are divided by one global mean, not per group.
     """
-    per_conv = {s.site.name: per_norm[s.site.norm_name] for s in graph.sites if s.site.norm_name in per_norm}
+    per_conv = {s.site.name: np.sqrt(per_norm[s.site.norm_name]) for s in graph.sites
+                if s.site.norm_name in per_norm}  # fmt: skip
     scores = per_group(graph, per_conv)
     mean = np.concatenate(list(scores.values())).mean()
     return {k: v / max(mean, 1e-30) for k, v in scores.items()}

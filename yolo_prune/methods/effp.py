@@ -9,8 +9,8 @@ Only the abstract is public; our reconstruction (docs/methods.md):
   keep training DPF-style, so the score says what regrowing them would gain);
 - prune: starting from the current masks, the shared budget masks the least important alive channels, globally and
   FLOPs-normalised, until the step's FLOPs target is met;
-- regrow: masked channels that now outrank the weakest alive channel of their group swap places with it (widths, and
-  so FLOPs and alignment, are unchanged); at most `regrow` x (masked channels) swaps at the first step, decaying by a
+- regrow: masked channels that now clearly outrank (by `margin`) the weakest alive channel of their group swap places
+  with it (widths, and so FLOPs and alignment, are unchanged); at most `regrow` x (masked channels) swaps at the first step, decaying by a
   cosine to none at the end of the pruning phase, after which the masks are fixed.
 """
 
@@ -27,6 +27,7 @@ from .base import PruningMethod, register_method
 @register_method("effp")
 class EFFP(PruningMethod):
     regrow = 0.3  # fraction of masked channels that may come back at the first pruning step
+    margin = 2.0  # a masked channel comes back only if it scores this many times the alive one it replaces
 
     def __init__(self, graph, budget):
         super().__init__(graph, budget)
@@ -40,19 +41,23 @@ class EFFP(PruningMethod):
         pruned = self.budget.allocate(scores, target_gflops, start=masks.masks)
         masked = sum(int((~m).sum()) for m in pruned.values())
         budget = int(self.regrow * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0))) * masked)
-        new = self._regrow(scores, pruned, budget)
+        new = self._regrow(scores, pruned, budget, self.margin)
         self.regrown_total += sum(int((new[k] & ~masks.masks[k]).sum()) for k in new)
         return MaskSet(self.graph, new)
 
     @staticmethod
-    def _regrow(scores, masks, budget):
-        """Swap up to `budget` masked channels back in for weaker alive ones of the same group, best gains first."""
+    def _regrow(scores, masks, budget, margin):
+        """Swap up to `budget` masked channels back in for clearly weaker alive ones of the same group, best first.
+
+        Every swap changes what two channels compute at once; the margin keeps noisy score differences (a few
+        batches of a small dataset) from churning channels that a trained network needs.
+        """
         swaps = []  # (gain, group, channel to regrow, channel to mask)
         for k, keep in masks.items():
             dead = np.flatnonzero(~keep)[np.argsort(-scores[k][~keep], kind="stable")]
             alive = np.flatnonzero(keep)[np.argsort(scores[k][keep], kind="stable")]
             for back, out in zip(dead, alive):  # gains shrink along the pairs, so any top-budget cut is a prefix
-                if scores[k][back] <= scores[k][out]:
+                if scores[k][back] <= margin * scores[k][out]:
                     break
                 swaps.append((scores[k][back] - scores[k][out], k, back, out))
         new = {k: v.copy() for k, v in masks.items()}

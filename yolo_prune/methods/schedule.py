@@ -20,6 +20,8 @@ class PruneSettings:
     warmup_frac: float = 0.1  # share of the run trained dense before the first pruning step
     prune_frac: float = 0.6  # share of the run at which the FLOPs target is reached; fixed masks afterwards
     steps_per_epoch: int = 4  # pruning steps per epoch during the pruning phase
+    compensate: bool = True  # least-squares hand-over of masked channels to their consumers (train/compensate.py)
+    distill: float | None = None  # feature distillation weight (train/distill.py); None: 1 from weights, else 0
 
     def validate(self) -> PruneSettings:
         from .base import get_method
@@ -34,6 +36,8 @@ class PruneSettings:
             )
         if self.steps_per_epoch < 1:
             raise YoloPruneError(f"--steps-per-epoch must be at least 1, got {self.steps_per_epoch}.")
+        if self.distill is not None and not self.distill >= 0:
+            raise YoloPruneError(f"--distill must be a weight >= 0 (0 switches distillation off), got {self.distill}.")
         if self.round_to < 1 or not 0 <= self.min_keep <= 1:
             raise YoloPruneError("--round-to must be >= 1 and --min-keep within [0, 1].")
         return self

@@ -11,10 +11,10 @@ from ..slim.slim import slim
 from .trainer import STATE_ATTR
 
 
-def slim_checkpoint(path: Path, graph: ChannelGraph) -> None:
+def slim_checkpoint(path: Path, graph: ChannelGraph | None) -> None:
     """Replace the masked EMA model in an Ultralytics checkpoint by its slim equivalent (FP16, as Ultralytics saves).
 
-    The optimizer state belongs to the dense parameters and cannot survive slimming; a finished run does not resume.
+    With `graph` None (a dense run) only the stashed training state is dropped. The optimizer state belongs to the dense parameters and cannot survive slimming; a finished run does not resume.
     """
     ckpt = load(path)
     ema = ckpt.get("ema")
@@ -22,6 +22,9 @@ def slim_checkpoint(path: Path, graph: ChannelGraph) -> None:
     if state is None:  # already slim (a re-run of final_eval) or not ours
         return
     delattr(ema, STATE_ATTR)
+    if graph is None or "pruner" not in state:  # a dense run: only the distillation teacher was stashed
+        _replace(ckpt, path)
+        return
     masks = {k: v.numpy().astype(bool) for k, v in state["pruner"]["masks"].items()}
     slim_model = slim(ema.float(), graph, masks).half()
     ckpt.update(ema=slim_model, model=None, optimizer=None, scaler=None)
@@ -32,4 +35,8 @@ def slim_checkpoint(path: Path, graph: ChannelGraph) -> None:
         "base_gflops": graph.gflops(),
         "slim_gflops": graph.gflops(masks),
     }
+    _replace(ckpt, path)
+
+
+def _replace(ckpt: dict, path: Path) -> None:
     atomic_save(ckpt, path)  # a kill mid-write leaves the masked checkpoint whole

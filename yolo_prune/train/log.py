@@ -1,4 +1,4 @@
-"""The pruning run log: one CSV row per epoch (GFLOPs, params, alive channels per group), a plot, a summary table.
+"""The pruning run log: one CSV row per pruning step (what changed, GFLOPs, loss, widths per group), a plot, a table.
 
 Cheap to import: matplotlib is imported inside `PruneLog.plot` only.
 """
@@ -13,11 +13,16 @@ from ..errors import YoloPruneError
 
 CSV_NAME = "prune_log.csv"
 PNG_NAME = "prune_widths.png"
-FIXED_COLUMNS = ["epoch", "gflops", "params"]
+# position: epochs (fractional) at the step; pruned / regrown: channels newly masked / unmasked by the step; changed:
+# channels that changed identity within a group at the same width (a swap counts once); compensated: convs whose
+# weights took over masked inputs (train/compensate.py); loss / kd_loss: mean train
+# loss per image (Ultralytics' items summed, kd separately) over the batches since the previous step
+FIXED_COLUMNS = ["step", "position", "target_gflops", "gflops", "params", "pruned", "regrown", "changed",
+                 "compensated", "loss", "kd_loss"]  # fmt: skip
 
 
 class PruneLog:
-    """Per-epoch record of a pruning run in `run_dir/prune_log.csv`, kept across resumed runs.
+    """Per-step record of a pruning run in `run_dir/prune_log.csv`, kept across resumed runs.
 
     Args:
         run_dir: the Ultralytics run folder (`runs/detect/train`).
@@ -40,8 +45,8 @@ class PruneLog:
     def header(self) -> list[str]:
         return FIXED_COLUMNS + self.group_names
 
-    def record(self, epoch: int, gflops: float, params: int, widths: list[int]) -> None:
-        """Append one row to run_dir/prune_log.csv: epoch, gflops, params, then one column per group (alive count).
+    def record(self, row: dict, widths: list[int]) -> None:
+        """Append one step: `row` holds the FIXED_COLUMNS (a missing value is written empty), then the widths.
 
         The header is written once; appending works across a resumed run (file already exists).
         """
@@ -55,61 +60,38 @@ class PruneLog:
             writer = csv.writer(f)
             if new_file:
                 writer.writerow(self.header)
-            writer.writerow([int(epoch), f"{float(gflops):.6g}", int(params)] + [int(w) for w in widths])
+            writer.writerow([_cell(row.get(k)) for k in FIXED_COLUMNS] + [int(w) for w in widths])
 
     def rows(self) -> list[dict]:
-        """The logged epochs in order; an epoch logged twice (a run resumed from an earlier checkpoint) keeps its
+        """The logged steps in order; a step logged twice (a run resumed from an earlier checkpoint) keeps its
         latest row."""
         if not self.csv_path.exists() or self.csv_path.stat().st_size == 0:
             return []
         self._check_header()
-        by_epoch: dict[int, dict] = {}
+        by_step: dict[int, dict] = {}
         with open(self.csv_path, newline="") as f:
-            for row in csv.DictReader(f):
-                epoch = int(row["epoch"])
-                by_epoch[epoch] = {
-                    "epoch": epoch,
-                    "gflops": float(row["gflops"]),
-                    "params": int(row["params"]),
-                    "widths": [int(row[name]) for name in self.group_names],
-                }
-        return [by_epoch[e] for e in sorted(by_epoch)]
+            for line in csv.DictReader(f):
+                row = {k: (float(line[k]) if line[k] != "" else None) for k in FIXED_COLUMNS}
+                row["step"] = int(row["step"])
+                row["widths"] = [int(line[name]) for name in self.group_names]
+                by_step[row["step"]] = row
+        return [by_step[k] for k in sorted(by_step)]
 
     def plot(self) -> Path:
         """Draw run_dir/prune_widths.png and return its path.
 
-        Top: the width of every group, dense vs latest logged epoch, in model order. Bottom: GFLOPs over all logged
-        epochs (read back from the CSV, so a resumed run shows its whole history) with the dense GFLOPs as reference.
+        Top: the width of every group, dense vs the last step, in model order. Middle: target and actual GFLOPs per
+        step over training position, with the mean train loss (and kd loss) on a second axis. Bottom: channels
+        pruned, regrown and changed per step. Read back from the CSV, so a resumed run shows its whole history.
         """
         from matplotlib.figure import Figure  # a bare Figure renders with Agg and leaves pyplot's backend alone
-        from matplotlib.ticker import MaxNLocator
 
         rows = self.rows()
-        latest = rows[-1]["widths"] if rows else self.base_widths
         n = len(self.group_names)
-        fig = Figure(figsize=(min(max(8.0, 0.16 * n + 2), 24.0), 7.5), layout="constrained")
-        top, bottom = fig.subplots(2, 1, height_ratios=[3, 2])
-
-        x = range(n)
-        top.bar(x, self.base_widths, width=0.85, color="#c9d6e8", label="dense")
-        top.bar(x, latest, width=0.55, color="#2f6db5", label=f"epoch {rows[-1]['epoch']}" if rows else "dense")
-        step = max(1, -(-n // 60))  # at most ~60 tick labels stay readable
-        top.set_xticks(list(x)[::step], self.group_names[::step], rotation=90, fontsize=6)
-        top.set_xlim(-0.6, n - 0.4)
-        top.set_ylabel("channels")
-        top.set_title("Channels per group (model order)")
-        top.legend(loc="upper left", fontsize=8)
-
-        bottom.axhline(self.base_gflops, color="#888888", linestyle="--", label=f"dense {self.base_gflops:.3g} GFLOPs")
-        if rows:
-            bottom.plot([r["epoch"] for r in rows], [r["gflops"] for r in rows], marker="o", color="#2f6db5",
-                        label="pruned")
-        bottom.xaxis.set_major_locator(MaxNLocator(integer=True))
-        bottom.set_xlabel("epoch")
-        bottom.set_ylabel("GFLOPs")
-        bottom.set_ylim(0, 1.1 * max([self.base_gflops] + [r["gflops"] for r in rows]))
-        bottom.legend(loc="upper right", fontsize=8)
-
+        fig = Figure(figsize=(min(max(8.0, 0.16 * n + 2), 24.0), 10.0), layout="constrained")
+        top, middle, bottom = fig.subplots(3, 1, height_ratios=[3, 2, 1.5])
+        self._plot_widths(top, rows)
+        self._plot_steps(middle, bottom, rows)
         self.run_dir.mkdir(parents=True, exist_ok=True)
         tmp = self.png_path.with_name(f".{self.png_path.name}.{os.getpid()}.tmp")
         try:
@@ -119,14 +101,56 @@ class PruneLog:
             tmp.unlink(missing_ok=True)
         return self.png_path
 
+    def _plot_widths(self, ax, rows):
+        latest = rows[-1]["widths"] if rows else self.base_widths
+        n = len(self.group_names)
+        ax.bar(range(n), self.base_widths, width=0.85, color="#c9d6e8", label="dense")
+        ax.bar(range(n), latest, width=0.55, color="#2f6db5", label=f"step {rows[-1]['step']}" if rows else "dense")
+        step = max(1, -(-n // 60))  # at most ~60 tick labels stay readable
+        ax.set_xticks(list(range(n))[::step], self.group_names[::step], rotation=90, fontsize=6)
+        ax.set_xlim(-0.6, n - 0.4)
+        ax.set_ylabel("channels")
+        ax.set_title("Channels per group (model order)")
+        ax.legend(loc="upper left", fontsize=8)
+
+    def _plot_steps(self, ax, churn, rows):
+        x = [r["position"] for r in rows]
+        ax.axhline(self.base_gflops, color="#888888", linestyle="--", label=f"dense {self.base_gflops:.3g} GFLOPs")
+        if rows:
+            ax.plot(x, [r["target_gflops"] for r in rows], color="#999999", label="target")
+            ax.plot(x, [r["gflops"] for r in rows], marker=".", color="#2f6db5", label="pruned")
+        ax.set_ylabel("GFLOPs")
+        ax.set_ylim(0, 1.1 * max([self.base_gflops] + [r["gflops"] for r in rows]))
+        ax.legend(loc="lower left", fontsize=8)
+        loss = ax.twinx()
+        for key, colour in (("loss", "#c0392b"), ("kd_loss", "#e08e0b")):
+            pts = [(r["position"], r[key]) for r in rows if r[key] is not None]
+            if pts:
+                loss.plot(*zip(*pts), color=colour, linewidth=1.5, label=f"train {key} (mean since last step)")
+        loss.set_ylabel("loss per image")
+        if loss.lines:
+            loss.legend(loc="upper right", fontsize=8)
+        for key, colour in (("pruned", "#2f6db5"), ("regrown", "#27ae60"), ("changed", "#8e44ad")):
+            churn.plot(x, [r[key] for r in rows], marker=".", linewidth=1.5, color=colour, label=key)
+        churn.set_xlabel("training position (epochs)")
+        churn.set_ylabel("channels per step")
+        churn.legend(loc="upper right", fontsize=8)
+
     def _check_header(self):
         with open(self.csv_path, newline="") as f:
             found = next(csv.reader(f), [])
         if found != self.header:
             raise YoloPruneError(
-                f"{self.csv_path} was written for a different model ({len(found) - 3} groups, expected "
-                f"{len(self.group_names)}); resume into the run folder it belongs to or start a new run."
+                f"{self.csv_path} was written for a different model or version ({len(found) - len(FIXED_COLUMNS)} "
+                f"groups, expected {len(self.group_names)}); resume into the run folder it belongs to or start a new "
+                "run."
             )
+
+
+def _cell(value) -> str:
+    if value is None:
+        return ""
+    return str(int(value)) if isinstance(value, int) else f"{float(value):.6g}"
 
 
 _TABLE_COLUMNS = [  # (key, header, format of the value)

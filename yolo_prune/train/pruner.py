@@ -21,6 +21,12 @@ from ..masks.budget import Budget
 from ..masks.mask import MaskSet
 from ..methods import get_method
 from ..methods.schedule import PruneSettings, Schedule
+from .compensate import Compensation
+
+
+# Taylor terms are averaged over ~20 optimizer steps, across pruning steps: on a small dataset a step may come every
+# batch or two, and a score from one or two batches is mostly noise.
+TAYLOR_DECAY = 0.95
 
 
 class InTrainingPruner:
@@ -37,8 +43,10 @@ class InTrainingPruner:
         self.shadow = self._read_bn(model)
         self._rows_cache: WeakKeyDictionary = WeakKeyDictionary()
         self._norms_cache: WeakKeyDictionary = WeakKeyDictionary()
-        self.taylor: dict[str, torch.Tensor] = {}  # per BN: summed (gamma*dL/dgamma + beta*dL/dbeta)^2
-        self.taylor_steps = 0  # optimizer steps summed into `taylor` since the last pruning step
+        self.taylor: dict[str, torch.Tensor] = {}  # per BN: moving average of (gamma*dL/dgamma + beta*dL/dbeta)^2
+        self.taylor_steps = 0  # optimizer steps averaged into `taylor` (for the bias correction)
+        self.compensation = Compensation(self.graph) if settings.compensate else None
+        self.images: torch.Tensor | None = None  # the latest training images (set by the trainer), for compensation
 
     @property
     def final(self) -> bool:
@@ -77,7 +85,8 @@ class InTrainingPruner:
             if bn.weight.grad is None or bn.bias.grad is None:
                 continue
             term = (bn.weight * bn.weight.grad + bn.bias * bn.bias.grad).float() ** 2
-            self.taylor[name] = self.taylor[name] + term if name in self.taylor else term
+            previous = self.taylor.get(name, torch.zeros_like(term))
+            self.taylor[name] = TAYLOR_DECAY * previous + (1 - TAYLOR_DECAY) * term
         self.taylor_steps += 1
 
     @torch.no_grad()
@@ -96,21 +105,27 @@ class InTrainingPruner:
                 bn.bias[dead] = 0
 
     # -- pruning steps ------------------------------------------------------------------------------------------------
-    def maybe_step(self, model: nn.Module, ema, position: float) -> bool:
-        """Run the pruning step due at `position` (in epochs), if any. Returns True if the masks changed."""
+    def maybe_step(self, model: nn.Module, ema, position: float) -> dict | None:
+        """Run the pruning step due at `position` (in epochs), if any: what it did (for the log), else None."""
         k = self.schedule.due(position, self.steps_done)
         if k is None:
-            return False
+            return None
         target = self.base_gflops * (1 - self.schedule.cut(k))
-        if self.taylor_steps:  # otherwise (no step since the last prune) keep the previous measurement
-            steps = self.taylor_steps
-            self.method.sensitivity = {n: (t / steps).double().cpu().numpy() for n, t in self.taylor.items()}
-            self.taylor, self.taylor_steps = {}, 0
+        if self.taylor_steps:  # otherwise (no step yet) the methods fall back to the data-free criterion
+            correction = 1 - TAYLOR_DECAY**self.taylor_steps  # unbiased while the average is still filling
+            self.method.sensitivity = {n: (t / correction).double().cpu().numpy() for n, t in self.taylor.items()}
+        old = self.masks.masks
+        stats = self.compensation.statistics(model, self.images) if self.compensation is not None else {}
         with self._dense(model):  # score on dense values: masked channels compete for regrowth
-            new = self.method.prune_step(model, self.masks, target, self.schedule.progress(k))
-        self.set_masks(_broadcast(new.masks), model, ema)
+            new = _broadcast(self.method.prune_step(model, self.masks, target, self.schedule.progress(k)).masks)
+        compensated = 0
+        if stats:
+            models = [model] + ([ema.ema] if ema is not None else [])
+            alive = (self.graph.alive_components(old), self.graph.alive_components(new))
+            compensated = self.compensation.step(models, stats, *alive)
+        self.set_masks(new, model, ema)
         self.steps_done = k + 1
-        return True
+        return {"step": k, "target_gflops": target, "compensated": compensated, **_changes(old, self.masks.masks)}
 
     @torch.no_grad()
     def set_masks(self, masks: dict[str, np.ndarray], model: nn.Module, ema=None):
@@ -152,6 +167,7 @@ class InTrainingPruner:
             "sensitivity": self.method.sensitivity,
             "taylor": {k: v.cpu().clone() for k, v in self.taylor.items()},
             "taylor_steps": self.taylor_steps,
+            "compensation": self.compensation.state_dict() if self.compensation is not None else None,
         }
 
     def load_state_dict(self, state: dict, model: nn.Module, ema=None):
@@ -162,11 +178,21 @@ class InTrainingPruner:
         device = next(model.parameters()).device
         self.taylor = {k: v.to(device) for k, v in state.get("taylor", {}).items()}
         self.taylor_steps = int(state.get("taylor_steps", 0))
+        if self.compensation is not None and state.get("compensation") is not None:
+            self.compensation.load_state_dict(state["compensation"])
         self.masks = MaskSet.from_state_dict(self.graph, state["masks"])
         self._rows_cache = WeakKeyDictionary()
         self.masks.apply(model)
         if ema is not None:
             self.masks.apply(ema.ema)
+
+
+def _changes(old: dict[str, np.ndarray], new: dict[str, np.ndarray]) -> dict[str, int]:
+    """Channels newly masked, newly regrown, and swapped within a group at the same width (min of the two)."""
+    pruned = {k: int((old[k] & ~new[k]).sum()) for k in new}
+    regrown = {k: int((~old[k] & new[k]).sum()) for k in new}
+    return {"pruned": sum(pruned.values()), "regrown": sum(regrown.values()),
+            "changed": sum(min(pruned[k], regrown[k]) for k in new)}  # fmt: skip
 
 
 def _broadcast(masks: dict[str, np.ndarray]) -> dict[str, np.ndarray]:

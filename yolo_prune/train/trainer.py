@@ -4,7 +4,7 @@ Integration is by subclassing only:
 - `get_model` never rebuilds a given model from its YAML (the trap that silently re-widens pruned models);
 - `optimizer_step` wraps the stock step: shadow values in, step, shadows saved, masks re-applied, moments zeroed,
   EMA masked;
-- a batch-end callback runs the pruning steps of the schedule; an epoch-end callback logs widths and FLOPs;
+- a batch-end callback runs the pruning steps of the schedule and logs each one (prune_log.csv);
 - `save_model` stashes the pruning state (and the exact fp32 training state, for bit-exact resume) on the EMA module
   that Ultralytics pickles into last.pt; `resume_training` reads it back;
 - `validate` only lets epochs with the final architecture compete for best.pt;
@@ -28,6 +28,7 @@ from ..checkpoint import pack_numpy, unpack_numpy
 from ..methods.schedule import PruneSettings
 from ..nn.build import load_model
 from . import resume
+from .distill import FeatureDistillation
 from .pruner import InTrainingPruner
 
 SETTINGS_ENV = "YOLO_PRUNE_SETTINGS"
@@ -44,19 +45,23 @@ class PruneTrainer(DetectionTrainer):
         self.prune_settings = (prune or PruneSettings()).validate()
         os.environ[SETTINGS_ENV] = json.dumps(self.prune_settings.to_dict())
         self.pruner: InTrainingPruner | None = None
+        self.distill: FeatureDistillation | None = None
+        self._from_weights = False  # set by get_model: a trained starting point is what distillation needs
+        self._nbs_given = "nbs" in (overrides or {}) or self.resume  # a resumed run keeps the nbs it ran with
         self.prune_log = None
         self._resume_state = None
         self._batch = 0
         self.cadence = resume.Cadence()  # where the optimizer steps, for an exact resume
+        self._losses: list[tuple[float, float | None]] = []  # (loss, kd_loss) per batch since the last pruning step
         self.add_callback("on_train_epoch_start", _on_epoch_start)
         self.add_callback("on_train_batch_end", _on_batch_end)
         self.add_callback("on_train_epoch_start", resume.on_epoch_start)
         self.add_callback("on_train_batch_end", resume.on_batch_end)
-        self.add_callback("on_fit_epoch_end", _on_fit_epoch_end)
 
     # -- model --------------------------------------------------------------------------------------------------------
     def get_model(self, cfg=None, weights=None, verbose=True):
         """A given model (slim, masked or pretrained checkpoint) is used as it is; only a YAML is built."""
+        self._from_weights = weights is not None
         if isinstance(weights, torch.nn.Module) and not isinstance(cfg, (str, Path)):
             model = weights
             nc = getattr(model.model[-1], "nc", None)
@@ -105,10 +110,12 @@ class PruneTrainer(DetectionTrainer):
 
     def _setup_train(self):
         super()._setup_train()
+        model = unwrap_model(self.model)
+        self._setup_distillation(model)
         if not self.prune_settings.flops:
             return
-        model = unwrap_model(self.model)
         self.pruner = InTrainingPruner(model, self.prune_settings, self.epochs)
+        model.register_forward_pre_hook(self._keep_images)
         if self._resume_state is not None:
             self._restore_exact_state(self._resume_state)
         if RANK in {-1, 0}:
@@ -124,13 +131,40 @@ class PruneTrainer(DetectionTrainer):
                 f"{self.pruner.schedule.positions[0]:.2f} and {self.pruner.schedule.positions[-1]:.2f}"
             )
 
+    def get_dataloader(self, dataset_path, batch_size=16, rank=0, mode="train"):
+        """The stock loader; for a small training set, fewer batches accumulated per optimizer step (below)."""
+        loader = super().get_dataloader(dataset_path, batch_size, rank, mode)
+        if mode == "train" and not self._nbs_given:
+            self.args.nbs = small_data_nbs(len(loader), self.batch_size, self.args.nbs)
+        return loader
+
+    def _setup_distillation(self, model):
+        """Freeze a copy of the starting model as teacher (on by default when training starts from weights)."""
+        weight = self.prune_settings.distill
+        # a resumed run gets its weights from last.pt: it distils if the run it continues did
+        from_weights = "distill" in (self._resume_state or {}) if self.resume else self._from_weights
+        weight = (1.0 if from_weights else 0.0) if weight is None else weight
+        if weight <= 0:
+            return
+        self.distill = FeatureDistillation(model, weight)
+        state = (self._resume_state or {}).get("distill")
+        if state is not None:  # the teacher is the run's starting model, not the resumed one
+            self.distill.load_state_dict(state)
+        self.distill.attach(model)
+        LOGGER.info(f"yolo-prune: distilling from the dense starting model (weight {weight:g}; --distill 0 disables)")
+
     def resume_training(self, ckpt):
         super().resume_training(ckpt)
         if ckpt is not None and self.resume:
             self._resume_state = unpack_numpy(getattr(ckpt.get("ema"), STATE_ATTR, None))
-            if self._resume_state is not None:
+            if self._resume_state is not None and "pruner" in self._resume_state:
                 self.prune_settings = PruneSettings(**self._resume_state["pruner"]["settings"]).validate()
                 os.environ[SETTINGS_ENV] = json.dumps(self.prune_settings.to_dict())
+
+    def _keep_images(self, _model, args):
+        """The trainer calls the model with its batch dict: the pruner keeps the latest images for compensation."""
+        if isinstance(args[0], dict) and self.pruner is not None:
+            self.pruner.images = args[0]["img"].detach()
 
     def _restore_exact_state(self, state):
         """Resume bit-exactly: fp32 weights, EMA and optimizer (Ultralytics keeps only FP16 copies), pruning state."""
@@ -170,16 +204,19 @@ class PruneTrainer(DetectionTrainer):
         return metrics, fitness
 
     def save_model(self):
-        if self.pruner is None:
+        if self.pruner is None and self.distill is None:
             return self._save_staged()
         ema = self.ema.ema
-        setattr(ema, STATE_ATTR, pack_numpy({  # numpy as tensors: weights-only loaders read last.pt too
-            "pruner": self.pruner.state_dict(),
-            "model": {k: v.detach().clone() for k, v in unwrap_model(self.model).state_dict().items()},
-            "ema": {k: v.detach().clone() for k, v in ema.state_dict().items()},
-            "optimizer": deepcopy(self.optimizer.state_dict()),
-            **resume.capture(self),
-        }))  # fmt: skip
+        state = {"distill": self.distill.state_dict()} if self.distill is not None else {}
+        if self.pruner is not None:
+            state.update({
+                "pruner": self.pruner.state_dict(),
+                "model": {k: v.detach().clone() for k, v in unwrap_model(self.model).state_dict().items()},
+                "ema": {k: v.detach().clone() for k, v in ema.state_dict().items()},
+                "optimizer": deepcopy(self.optimizer.state_dict()),
+                **resume.capture(self),
+            })  # fmt: skip
+        setattr(ema, STATE_ATTR, pack_numpy(state))  # numpy as tensors: weights-only loaders read last.pt too
         try:
             return self._save_staged()
         finally:
@@ -191,12 +228,14 @@ class PruneTrainer(DetectionTrainer):
             return super().save_model()
 
     def final_eval(self):
-        if self.pruner is not None and RANK in {-1, 0}:
+        if self.distill is not None:
+            self.distill.remove()
+        if (self.pruner is not None or self.distill is not None) and RANK in {-1, 0}:
             from .finalize import slim_checkpoint
 
             for path in (self.last, self.best):
                 if path.exists():
-                    slim_checkpoint(path, self.pruner.graph)
+                    slim_checkpoint(path, self.pruner.graph if self.pruner is not None else None)
             if self.prune_log is not None:
                 self.prune_log.plot()
         with resume.staged_weights(self, copy_existing=True):  # Ultralytics strips last.pt and best.pt in place
@@ -212,6 +251,21 @@ def _read_weights(path) -> tuple[torch.nn.Module, dict | None]:
     return load_checkpoint(path)
 
 
+MIN_OPTIMIZER_STEPS_PER_EPOCH = 16
+
+
+def small_data_nbs(batches_per_epoch: int, batch_size: int, nbs: int) -> int:
+    """Nominal batch size giving at least 16 optimizer steps an epoch where the data allows (never more than `nbs`).
+
+    Ultralytics accumulates gradients up to `nbs` (64) images per step: on 96 images at batch 16 that is 1.5 steps an
+    epoch, 45 in a 30-epoch run, too few for a pruned network to recover between pruning steps. Large datasets keep
+    Ultralytics' value (the demo set, 64 batches an epoch, is unchanged); `nbs=...` given by the user is kept.
+    """
+    accumulate = max(round(nbs / batch_size), 1)
+    wanted = max(1, min(accumulate, batches_per_epoch // MIN_OPTIMIZER_STEPS_PER_EPOCH))
+    return batch_size * wanted if wanted < accumulate else nbs
+
+
 # Callbacks are module-level functions (picklable, re-registered by DDP children through __init__).
 def _on_epoch_start(trainer: PruneTrainer):
     trainer._batch = 0
@@ -223,13 +277,22 @@ def _on_epoch_start(trainer: PruneTrainer):
 
 def _on_batch_end(trainer: PruneTrainer):
     trainer._batch += 1
-    if trainer.pruner is not None:
-        position = trainer.epoch + trainer._batch / len(trainer.train_loader)
-        trainer.pruner.maybe_step(unwrap_model(trainer.model), trainer.ema, position)
+    if trainer.pruner is None:
+        return
+    items = {k: float(v) for k, v in (trainer.loss_items or {}).items()}
+    trainer._losses.append((sum(v for k, v in items.items() if k != "kd_loss"), items.get("kd_loss")))
+    position = trainer.epoch + trainer._batch / len(trainer.train_loader)
+    done = trainer.pruner.maybe_step(unwrap_model(trainer.model), trainer.ema, position)
+    if done is not None and trainer.prune_log is not None:
+        _log_step(trainer, done, position)
 
 
-def _on_fit_epoch_end(trainer: PruneTrainer):
-    if trainer.pruner is not None and trainer.prune_log is not None and trainer.epoch < trainer.epochs:
-        p = trainer.pruner
-        trainer.prune_log.record(trainer.epoch + 1, p.masks.gflops(),  # 1-based, as Ultralytics prints
-                                 p.graph.params(unwrap_model(trainer.model), p.masks.masks), p.widths())  # fmt: skip
+def _log_step(trainer: PruneTrainer, done: dict, position: float):
+    p, losses = trainer.pruner, trainer._losses
+    kd = [x for _, x in losses if x is not None]
+    row = {**done, "position": position, "gflops": p.masks.gflops(),
+           "params": p.graph.params(unwrap_model(trainer.model), p.masks.masks),
+           "loss": sum(x for x, _ in losses) / len(losses) if losses else None,
+           "kd_loss": sum(kd) / len(kd) if kd else None}  # fmt: skip
+    trainer.prune_log.record(row, p.widths())
+    trainer._losses = []

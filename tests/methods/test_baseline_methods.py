@@ -1,0 +1,73 @@
+"""ASFP's adaptive widths, and the uniform / random baselines, on a detector built from YAML (no training)."""
+
+import numpy as np
+import pytest
+
+from yolo_prune.graph.analyze import analyze
+from yolo_prune.masks.budget import Budget
+from yolo_prune.masks.mask import MaskSet
+from yolo_prune.methods import get_method
+from yolo_prune.nn.build import load_model
+
+
+@pytest.fixture(scope="module")
+def v8n():
+    model = load_model("yolov8n.yaml")
+    graph = analyze(model, 640)
+    return model, graph, Budget(graph)
+
+
+def taylor_like(graph, seed=0):
+    """Per-BN sensitivities, heavy-tailed like real Taylor terms."""
+    rng = np.random.default_rng(seed)
+    return {s.site.norm_name: rng.lognormal(0, 1.5, len(s.out_comp)) for s in graph.sites if s.site.norm_name}
+
+
+def test_asfp_shrinks_a_redundant_layer_more_and_moves_with_the_fewest_changes(v8n):
+    model, graph, budget = v8n
+    asfp = get_method("asfp")(graph, budget)
+    sensitivity = taylor_like(graph)
+    quiet = graph.groups[20]  # make one group's channels a hundred times less important than the rest
+    for s in graph.sites:
+        if s.site.name in quiet.members:
+            sensitivity[s.site.norm_name] = sensitivity[s.site.norm_name] / 100
+    asfp.sensitivity = sensitivity
+    base = graph.gflops()
+    first = asfp.prune_step(model, MaskSet(graph), base * 0.85, 0.5)
+    kept = {g.name: first.masks[g.name].mean() for g in graph.groups}
+    assert kept[quiet.name] < np.median(list(kept.values())) - 0.2  # redundancy is judged across the network
+    asfp.sensitivity = taylor_like(graph, seed=1)  # new scores: some groups want to grow back, others to shrink
+    second = asfp.prune_step(model, first, base * 0.75, 1.0)
+    assert second.gflops() == pytest.approx(base * 0.75, abs=0.003 * base)
+    grew = 0
+    for g in graph.groups:  # a group only sheds channels or only regrows them: no swaps at the same width
+        old, new = first.masks[g.name], second.masks[g.name]
+        assert not (old & ~new).any() or not (new & ~old).any(), g.name
+        grew += int((new & ~old).any())
+    assert grew > 0
+
+
+def test_uniform_removes_about_the_same_share_everywhere(v8n):
+    model, graph, budget = v8n
+    masks = get_method("uniform")(graph, budget).prune_step(model, MaskSet(graph), graph.gflops() * 0.63, 1.0)
+    assert masks.gflops() == pytest.approx(graph.gflops() * 0.63, abs=0.003 * graph.gflops())
+    shares = np.array([masks.masks[g.name].mean() for g in graph.groups if g.width >= 64])
+    assert shares.max() - shares.min() <= 0.25  # alignment to 8 and the exact FLOPs trim move a few chunks only
+    l1 = get_method("l1")(graph, budget).prune_step(model, MaskSet(graph), graph.gflops() * 0.63, 1.0)
+    l1_shares = np.array([l1.masks[g.name].mean() for g in graph.groups if g.width >= 64])
+    assert l1_shares.max() - l1_shares.min() > shares.max() - shares.min()
+
+
+def test_random_depends_on_its_seed_only(v8n):
+    model, graph, budget = v8n
+    method = get_method("random")
+
+    def draw(seed):
+        method.seed = seed
+        return method(graph, budget).prune_step(model, MaskSet(graph), graph.gflops() * 0.7, 1.0).masks
+
+    try:
+        a, b, c = draw(0), draw(0), draw(1)
+    finally:
+        method.seed = 0
+    assert all((a[k] == b[k]).all() for k in a) and any((a[k] != c[k]).any() for k in a)

@@ -1,0 +1,55 @@
+"""Pruning from weights in the real trainer: distillation on by default, compensation logged, nothing left behind."""
+
+import csv
+
+import pytest
+import torch
+
+from yolo_prune import api
+from yolo_prune.methods.schedule import PruneSettings
+from yolo_prune.train.trainer import STATE_ATTR, PruneTrainer, small_data_nbs
+
+TINY = dict(epochs=2, imgsz=64, batch=2, workers=0, plots=False, device="cpu", exist_ok=True, val=False,
+            close_mosaic=0, mosaic=0.0, seed=0, deterministic=True)  # fmt: skip
+
+
+def test_small_datasets_step_the_optimizer_more_often():
+    assert small_data_nbs(batches_per_epoch=6, batch_size=16, nbs=64) == 16  # 96 images: every batch steps
+    assert small_data_nbs(batches_per_epoch=40, batch_size=16, nbs=64) == 32
+    assert small_data_nbs(batches_per_epoch=64, batch_size=16, nbs=64) == 64  # the demo set: Ultralytics' value
+    assert small_data_nbs(batches_per_epoch=3, batch_size=64, nbs=64) == 64
+
+
+@pytest.fixture(scope="module")
+def start(tmp_path_factory):
+    """A yolov8n checkpoint to start from (a one-shot prune writes one; its weights are what matters here)."""
+    out = tmp_path_factory.mktemp("start") / "start.pt"
+    api.prune("yolov8n.yaml", flops=0.1, out=out)
+    return out
+
+
+def run(tmp_path, coco8_yaml, start, name, **settings):
+    overrides = {**TINY, "model": str(start), "data": str(coco8_yaml), "project": str(tmp_path), "name": name}
+    trainer = PruneTrainer(overrides=overrides, prune=PruneSettings(flops=0.2, warmup_frac=0.1, prune_frac=0.6,
+                                                                    steps_per_epoch=2, **settings))  # fmt: skip
+    trainer.train()
+    with open(trainer.save_dir / "prune_log.csv", newline="") as f:
+        return trainer, list(csv.DictReader(f))
+
+
+def test_weights_run_distils_compensates_and_logs_each_step(tmp_path, coco8_yaml, start):
+    trainer, rows = run(tmp_path, coco8_yaml, start, "default")
+    assert trainer.distill is not None and "kd_loss" in trainer.loss_names
+    assert len(rows) == len(trainer.pruner.schedule.positions)
+    assert all(float(r["kd_loss"]) >= 0 for r in rows) and float(rows[-1]["kd_loss"]) > 0
+    assert sum(int(r["compensated"]) for r in rows) > 0 and sum(int(r["pruned"]) for r in rows) > 0
+    assert float(rows[-1]["gflops"]) <= float(rows[-1]["target_gflops"]) + 1e-9
+    for path in (trainer.last, trainer.best):  # the teacher and training state are not left in the results
+        ckpt = torch.load(path, map_location="cpu", weights_only=False)
+        assert not hasattr(ckpt["ema"], STATE_ATTR)
+
+
+def test_distillation_and_compensation_switch_off(tmp_path, coco8_yaml, start):
+    trainer, rows = run(tmp_path, coco8_yaml, start, "off", distill=0.0, compensate=False)
+    assert trainer.distill is None and "kd_loss" not in trainer.loss_names
+    assert all(r["kd_loss"] == "" for r in rows) and all(r["compensated"] == "0" for r in rows)
