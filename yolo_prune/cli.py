@@ -57,7 +57,7 @@ def _build_parser() -> argparse.ArgumentParser:
     p.add_argument("--prune-frac", type=float, default=None, help="fraction of epochs at which the target is reached")
     p.add_argument("--steps-per-epoch", type=int, default=None, help="pruning steps per epoch in the pruning phase")
     p.add_argument("--compensate", action=argparse.BooleanOptionalAction, default=None,
-                   help="hand masked channels over to their consumers by least squares (default on)")
+                   help="hand masked channels over to their consumers by least squares (default: on with --weights)")
     p.add_argument("--distill", type=float, default=None,
                    help="weight of distillation from the dense starting model (default 1 with --weights; 0 = off)")
     p.add_argument("overrides", nargs="*", help="any other Ultralytics train argument as key=value")

@@ -20,7 +20,9 @@ class PruneSettings:
     warmup_frac: float = 0.1  # share of the run trained dense before the first pruning step
     prune_frac: float = 0.6  # share of the run at which the FLOPs target is reached; fixed masks afterwards
     steps_per_epoch: int = 4  # pruning steps per epoch during the pruning phase
-    compensate: bool = True  # least-squares hand-over of masked channels to their consumers (train/compensate.py)
+    # least-squares hand-over of masked channels to their consumers (train/compensate.py); None: on when training
+    # starts from weights (learned channel correlations to use), off from scratch (where it measured worse)
+    compensate: bool | None = None
     distill: float | None = None  # feature distillation weight (train/distill.py); None: 1 from weights, else 0
 
     def validate(self) -> PruneSettings:

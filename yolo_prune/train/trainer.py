@@ -114,6 +114,8 @@ class PruneTrainer(DetectionTrainer):
         self._setup_distillation(model)
         if not self.prune_settings.flops:
             return
+        if self.prune_settings.compensate is None:  # resolved once; a resumed run reads it back from last.pt
+            self.prune_settings.compensate = self._from_weights
         self.pruner = InTrainingPruner(model, self.prune_settings, self.epochs)
         model.register_forward_pre_hook(self._keep_images)
         if self._resume_state is not None:
