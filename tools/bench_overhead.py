@@ -6,8 +6,8 @@ data, epochs and seed, measured in one invocation (this machine is noisy; compar
 
 Three runs: plain training; pruning alone (the from-scratch defaults: masks, Taylor scores, the schedule); pruning
 with compensation and distillation from the dense starting model (a covariance forward per pruning step and a teacher
-forward per batch: what `--weights` runs do by default). Defaults use the embedded demo dataset. Prints the wall times and both ratios (goal for pruning alone
-<= 1.05; distillation's cost is reported beside it).
+forward per batch: what `--weights` runs do by default). Defaults use the embedded demo dataset. Prints the wall times
+and both ratios (goal for pruning alone <= 1.05; distillation's cost is reported beside it).
 """
 
 import argparse

@@ -133,8 +133,9 @@ def _torch_pruning(weights, cut, path: Path):
     for _ in range(8):
         ratio = (lo + hi) / 2
         model = load_model(weights).float().train()
-        pruner = tp.pruner.MetaPruner(model, torch.randn(1, 3, 640, 640), importance=tp.importance.GroupMagnitudeImportance(p=2),
-                                      pruning_ratio=ratio, ignored_layers=[model.model[-1]])  # fmt: skip
+        pruner = tp.pruner.MetaPruner(model, torch.randn(1, 3, 640, 640), pruning_ratio=ratio,
+                                      importance=tp.importance.GroupMagnitudeImportance(p=2),
+                                      ignored_layers=[model.model[-1]])  # fmt: skip
         pruner.step()
         achieved = 1 - get_flops(model, 640) / base
         if abs(achieved - cut) < 0.01:
@@ -156,7 +157,8 @@ def score(best: Path, data: str, imgsz: int) -> dict:
 def table(results) -> str:
     """One line per run, then the mean over seeds per method and cut."""
     rows = sorted(results, key=lambda r: (r["cut"], r["method"], r["seed"]))
-    lines = [f"{'method':<8}{'cut':>6}{'seed':>5}{'GFLOPs':>8}{'params M':>10}{'mAP50-95':>10}{'mAP50':>8}{'wall s':>8}"]
+    header = ("method", "cut", "seed", "GFLOPs", "params M", "mAP50-95", "mAP50", "wall s")
+    lines = ["{:<8}{:>6}{:>5}{:>8}{:>10}{:>10}{:>8}{:>8}".format(*header)]
     lines += [f"{r['method']:<8}{r['cut']:>6.2f}{r['seed']:>5}{r['gflops']:>8.2f}{r['params'] / 1e6:>10.2f}"
               f"{r['map50_95']:>10.3f}{r['map50']:>8.3f}{r['wall_s']:>8.0f}" for r in rows]  # fmt: skip
     lines.append("\nmean over seeds")

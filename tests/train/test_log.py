@@ -34,7 +34,8 @@ def test_record_writes_header_once_and_one_row_per_step(tmp_path):
     assert lines[1] == ["0", "1", "8", "8", "1000", "8", "0", "0", "3", "0.2", "0.05", "16", "32", "24"]
     assert lines[2][FIXED_COLUMNS.index("regrown")] == "2" and lines[2][FIXED_COLUMNS.index("kd_loss")] == ""
     rows = log.rows()
-    assert [r["gflops"] for r in rows] == [8.0, 6.25] and rows[1]["kd_loss"] is None and rows[1]["widths"] == [8, 24, 24]
+    assert [r["gflops"] for r in rows] == [8.0, 6.25]
+    assert rows[1]["kd_loss"] is None and rows[1]["widths"] == [8, 24, 24]
 
 
 def test_resume_appends_and_a_repeated_step_keeps_its_latest_row(tmp_path):

@@ -35,7 +35,8 @@ class ASFP(PruningMethod):
         scores = self.score(model, masks)
         alive = np.concatenate([scores[k][m] for k, m in masks.masks.items()])
         median = float(np.median(alive)) if alive.size else 0.0
-        proposal = {g.name: self._proposed_width(scores[g.name], masks.masks[g.name], median) for g in self.graph.groups}
+        proposal = {g.name: self._proposed_width(scores[g.name], masks.masks[g.name], median)
+                    for g in self.graph.groups}  # fmt: skip
         lo, hi = 0.0, 4.0
         for _ in range(40):  # smallest sigma whose FLOPs still reach the target (then trimmed exactly below)
             mid = (lo + hi) / 2

@@ -4,14 +4,14 @@ Paper: "we make redundant filters zero to make the output feature map the same a
 pruning/regrowing method to gradually remove unimportant filters to avoid permanently pruning important filters".
 Only the abstract is public; our reconstruction (docs/methods.md):
 - zero masks act after BN (shared MaskSet), so the training net *is* the light model;
-- every pruning step ranks all channels, masked ones included, by their Taylor importance measured over the steps
-  since the last pruning step (criteria.taylor; masked channels are scored with their dense shadow BN values, which
+- every pruning step ranks all channels, masked ones included, by their Taylor importance (|dL|, averaged over about
+  20 optimizer steps; criteria.taylor; masked channels are scored with their dense shadow BN values, which
   keep training DPF-style, so the score says what regrowing them would gain);
 - prune: starting from the current masks, the shared budget masks the least important alive channels, globally and
   FLOPs-normalised, until the step's FLOPs target is met;
 - regrow: masked channels that now clearly outrank (by `margin`) the weakest alive channel of their group swap places
-  with it (widths, and so FLOPs and alignment, are unchanged); at most `regrow` x (masked channels) swaps at the first step, decaying by a
-  cosine to none at the end of the pruning phase, after which the masks are fixed.
+  with it (widths, and so FLOPs and alignment, are unchanged); at most `regrow` x (masked channels) swaps at the first
+  step, decaying by a cosine to none at the end of the pruning phase, after which the masks are fixed.
 """
 
 from __future__ import annotations

@@ -3,8 +3,9 @@
 Why: fine-tuning on a few hundred images cannot re-teach a pruned network what its removed channels knew, but the
 dense model it started from still knows it. A frozen copy taken when training starts (the pretrained weights) is the
 teacher; at every batch the student's multi-scale features entering the detection head (P3/P4/P5 for YOLO) are pulled
-towards the teacher's by a normalised mean squared error, both in training mode on the same batch. Channels the masks removed are exactly zero in the student
-(masks/mask.py) and are left out of the loss, so the surviving channels and the head learn to carry their share.
+towards the teacher's by a normalised mean squared error, both in training mode on the same batch. Channels the masks
+removed are exactly zero in the student (masks/mask.py) and are left out of the loss, so the surviving channels and
+the head learn to carry their share.
 
 Integration is through the model's criterion (Ultralytics calls `model.criterion(preds, batch)` from `model.loss`):
 the stock criterion is wrapped, its loss gets `weight * batch_size * kd` added, and `kd_loss` joins its loss items,

@@ -14,7 +14,8 @@ from .trainer import STATE_ATTR
 def slim_checkpoint(path: Path, graph: ChannelGraph | None) -> None:
     """Replace the masked EMA model in an Ultralytics checkpoint by its slim equivalent (FP16, as Ultralytics saves).
 
-    With `graph` None (a dense run) only the stashed training state is dropped. The optimizer state belongs to the dense parameters and cannot survive slimming; a finished run does not resume.
+    With `graph` None (a dense run) only the stashed training state is dropped. The optimizer state belongs to the
+    dense parameters and cannot survive slimming; a finished run does not resume.
     """
     ckpt = load(path)
     ema = ckpt.get("ema")
