@@ -38,9 +38,16 @@ class Compensation:
         # conv name -> {input channel: (prediction row over the conv's inputs, offset)} for masked channels
         self.rows: dict[str, dict[int, tuple[torch.Tensor, float]]] = {}
 
-    def statistics(self, model: nn.Module, images: torch.Tensor | None) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
-        """Mean and covariance of every compensable conv's input channels on `images` (one eval-mode forward)."""
-        return {} if images is None else _input_statistics(model, list(self.sites), images)
+    def statistics(self, model: nn.Module, images: torch.Tensor | None, names: list[str] | None = None) -> dict:
+        """Mean and covariance of the input channels of the named (default: every) compensable conv on `images`,
+        from one eval-mode forward."""
+        names = list(self.sites) if names is None else names
+        return {} if images is None or not names else _input_statistics(model, names, images)
+
+    def losing(self, old_alive: np.ndarray, new_alive: np.ndarray) -> list[str]:
+        """The compensable convs that lose input channels when switching from `old_alive` to `new_alive`."""
+        dead = old_alive & ~new_alive
+        return [n for n, s in self.sites.items() if dead[s.in_comp].any()]
 
     def step(self, models: list[nn.Module], stats: dict, old_alive: np.ndarray, new_alive: np.ndarray) -> int:
         """Switching from `old_alive` to `new_alive` components: undo regrown channels, compensate newly masked ones.

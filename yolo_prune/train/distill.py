@@ -29,7 +29,6 @@ class FeatureDistillation:
         self._features: dict[str, dict[int, torch.Tensor]] = {"student": {}, "teacher": {}}
         self._hooks = [_head(m).register_forward_pre_hook(self._capture(who))
                        for who, m in (("student", student), ("teacher", self.teacher))]  # fmt: skip
-        self.total, self.count = 0.0, 0  # kd values since the last `take_mean`, for the pruning log
 
     def _capture(self, who: str):
         store = self._features[who]
@@ -56,16 +55,7 @@ class FeatureDistillation:
             alive = s.detach().abs().amax(dim=(0, 2, 3)) > 0
             energy = t.float().pow(2).mean().clamp_min(1e-12)
             total = total + (s[:, alive].float() - t[:, alive].float()).pow(2).mean() / energy
-        kd = total / max(len(student), 1)
-        self.total += float(kd.detach())
-        self.count += 1
-        return kd
-
-    def take_mean(self) -> float | None:
-        """Mean kd value since the previous call (None if no batch ran)."""
-        mean = self.total / self.count if self.count else None
-        self.total, self.count = 0.0, 0
-        return mean
+        return total / max(len(student), 1)
 
     def remove(self) -> None:
         for h in self._hooks:

@@ -115,13 +115,13 @@ class InTrainingPruner:
             correction = 1 - TAYLOR_DECAY**self.taylor_steps  # unbiased while the average is still filling
             self.method.sensitivity = {n: (t / correction).double().cpu().numpy() for n, t in self.taylor.items()}
         old = self.masks.masks
-        stats = self.compensation.statistics(model, self.images) if self.compensation is not None else {}
         with self._dense(model):  # score on dense values: masked channels compete for regrowth
             new = _broadcast(self.method.prune_step(model, self.masks, target, self.schedule.progress(k)).masks)
         compensated = 0
-        if stats:
-            models = [model] + ([ema.ema] if ema is not None else [])
+        if self.compensation is not None:  # statistics of the still-masked model, for the convs that lose inputs
             alive = (self.graph.alive_components(old), self.graph.alive_components(new))
+            stats = self.compensation.statistics(model, self.images, self.compensation.losing(*alive))
+            models = [model] + ([ema.ema] if ema is not None else [])
             compensated = self.compensation.step(models, stats, *alive)
         self.set_masks(new, model, ema)
         self.steps_done = k + 1
