@@ -22,6 +22,7 @@ import torch
 from torch import nn
 
 from ..graph.analyze import ChannelGraph
+from ..slim.merge import absorb_inputs
 
 RIDGE = 1e-3  # ridge strength relative to the mean input variance
 
@@ -61,7 +62,7 @@ class Compensation:
                 row = self.rows.get(name, {}).pop(int(r), None)
                 if row is not None:
                     for m in models:
-                        _apply(m, s.site, [int(r)], row[0][None], torch.tensor([row[1]]), sign=-1.0)
+                        absorb_inputs(m, s.site, [int(r)], row[0][None], torch.tensor([row[1]]), sign=-1.0)
         done = 0
         for name, s in self.sites.items():
             if name not in stats or not dead[s.in_comp].any():
@@ -70,7 +71,7 @@ class Compensation:
             kept = np.flatnonzero(old_alive[s.in_comp] & new_alive[s.in_comp])
             a, b = _fit(*stats[name], removed, kept)
             for m in models:
-                _apply(m, s.site, removed.tolist(), a, b, sign=1.0)
+                absorb_inputs(m, s.site, removed.tolist(), a, b, sign=1.0)
             self.rows.setdefault(name, {}).update({int(r): (a[i], float(b[i])) for i, r in enumerate(removed)})
             done += 1
         return done
@@ -122,18 +123,3 @@ def _fit(mean: torch.Tensor, cov: torch.Tensor, removed: np.ndarray, kept: np.nd
     a = torch.linalg.solve(cov_kk + _ridge(cov_kk) * torch.eye(len(kept), dtype=cov.dtype), cov[kept][:, removed]).T
     a_full[:, kept] = a
     return a_full, mean[removed] - a @ mean[kept]
-
-
-@torch.no_grad()
-def _apply(model: nn.Module, site, removed: list[int], a: torch.Tensor, b: torch.Tensor, sign: float):
-    """W += sign * W[:, removed] A, and the constant sign * W[:, removed] b into the bias or the BN running mean."""
-    modules = dict(model.named_modules())
-    conv = modules[site.name]
-    w_r = conv.weight[:, removed].double()  # (out, |R|, kh, kw)
-    delta = torch.einsum("orhw,rc->ochw", w_r, a.to(w_r.device))
-    conv.weight += (sign * delta).to(conv.weight.dtype)
-    offset = sign * torch.einsum("orhw,r->o", w_r, b.to(w_r.device))
-    if site.norm_name:
-        modules[site.norm_name].running_mean -= offset.to(modules[site.norm_name].running_mean.dtype)
-    elif conv.bias is not None:
-        conv.bias += offset.to(conv.bias.dtype)
