@@ -10,9 +10,10 @@ from tests.models import randomize
 from tests.slim.test_equivalence import flat, images
 from yolo_prune.errors import YoloPruneError
 from yolo_prune.graph.analyze import analyze
+from yolo_prune.masks.clusters import ClusterCentres
 from yolo_prune.masks.mask import MaskSet
 from yolo_prune.nn.build import load_model
-from yolo_prune.slim.merge import merge_clusters, mismatch, snap_clusters
+from yolo_prune.slim.merge import merge_clusters
 from yolo_prune.slim.slim import slim
 
 # yolov8n: C2f chunk halves and residual adds, SPPF's pooled copies; yolov7-tiny: ELAN concats; the IDetect variant:
@@ -49,8 +50,8 @@ def test_merged_equals_unmerged_on_real_images(name, x):
     model = randomize(load_model(name).double())
     graph = analyze(model)
     clusters = random_clusters(graph)
-    snap_clusters(model, graph, clusters)  # identical members: the state a converged FP-AGL run ends in
-    assert all(d == 0 for d, _ in mismatch(model, graph, clusters).values())
+    ClusterCentres(graph, clusters).pull(model, 1.0)  # identical members: the state a converged FP-AGL run ends in
+    assert all(d < 1e-12 for d, _ in ClusterCentres(graph, clusters).deviation(model).values())
     before = outputs(model, x)
     masks = merge_clusters(model, graph, graph.full_masks(), clusters)
     merged = outputs(model, x)
@@ -67,7 +68,7 @@ def test_without_the_consumer_sum_masking_the_members_changes_the_output(x):
     model = randomize(load_model("yolov8n.yaml").double())
     graph = analyze(model)
     clusters = random_clusters(graph)
-    snap_clusters(model, graph, clusters)
+    ClusterCentres(graph, clusters).pull(model, 1.0)
     before = outputs(model, x)
     masked_only = MaskSet(graph, merge_clusters(copy.deepcopy(model), graph, graph.full_masks(), clusters).masks)
     assert (outputs(masked_only.apply(copy.deepcopy(model)), x) - before).abs().max().item() > 1e-2
@@ -81,7 +82,7 @@ def test_merge_keeps_masked_channels_and_refuses_masked_members(x):
     masks[g.name][-1] = False  # an earlier pruning step masked one channel
     MaskSet(graph, masks).apply(model)
     clusters = {g.name: [[0, 1, 2]]}
-    snap_clusters(model, graph, clusters)
+    ClusterCentres(graph, clusters).pull(model, 1.0)
     before = outputs(model, x)
     merged = merge_clusters(model, graph, masks, clusters)
     assert merged.masks[g.name].sum() == g.width - 3
@@ -96,7 +97,7 @@ def test_non_identical_cluster_is_refused_and_the_model_untouched(where):
     graph = analyze(model)
     group = next(g for g in graph.groups if g.name == "model.2.cv1")  # chunk halves + residual: two member convs
     clusters = {group.name: [[0, 3], [1, 4, 5]]}
-    snap_clusters(model, graph, clusters)
+    ClusterCentres(graph, clusters).pull(model, 1.0)
     modules = dict(model.named_modules())
     with torch.no_grad():  # one member differs in one producing tensor, on the second member conv of the group
         if where == "conv":
@@ -107,20 +108,7 @@ def test_non_identical_cluster_is_refused_and_the_model_untouched(where):
     with pytest.raises(YoloPruneError, match="not identical"):
         merge_clusters(model, graph, graph.full_masks(), clusters)
     assert all(torch.equal(v, state[k]) for k, v in model.state_dict().items())
-    assert mismatch(model, graph, clusters)[group.name][0] > 1e-6
-
-
-def test_snap_uses_the_weights_and_reports_the_residual():
-    model = randomize(load_model("yolov8n.yaml").double())
-    graph = analyze(model)
-    g = graph.groups[3]
-    bn = dict(model.named_modules())[g.members[0].replace(".conv", ".bn")]
-    gamma = bn.weight.detach().clone()
-    weights = {g.name: np.r_[3.0, 1.0, np.zeros(g.width - 2)]}
-    residual = snap_clusters(model, graph, {g.name: [[0, 1]]}, weights)
-    assert residual > 0 and snap_clusters(model, graph, {g.name: [[0, 1]]}, weights) == 0
-    expected = 0.75 * gamma[0] + 0.25 * gamma[1]
-    assert torch.allclose(bn.weight[:2], expected.expand(2)) and torch.equal(bn.weight[2:], gamma[2:])
+    assert ClusterCentres(graph, clusters).deviation(model)[group.name][0] > 1e-6
 
 
 def test_bad_clusters_get_one_clear_error():

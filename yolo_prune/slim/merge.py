@@ -20,81 +20,11 @@ from torch import nn
 
 from ..errors import YoloPruneError
 from ..graph.analyze import ChannelGraph
+from ..masks.clusters import ClusterCentres, Clusters, merged_masks
 from ..masks.mask import MaskSet
 from ..nn.anchor import implicit_a_feeds
 
-TOLERANCE = 1e-6  # largest member-to-kept difference, relative to the tensor's largest magnitude, still "identical"
-
-Clusters = dict[str, list[list[int]]]  # group name -> clusters of local channel indices, the first one kept
-
-
-def channel_rows(model: nn.Module, graph: ChannelGraph) -> dict[str, list[tuple[str, torch.Tensor, np.ndarray]]]:
-    """Where each group's channels are produced: per group, (name, tensor, rows) for every member conv's weight and
-    bias and its BatchNorm's weight, bias, running mean and variance; rows[c] are the tensor rows of group channel c
-    (C2f's cv1 holds each channel of its group twice, once per chunk half)."""
-    modules = dict(model.named_modules())
-    found: dict[str, list[tuple[str, torch.Tensor, np.ndarray]]] = {g.name: [] for g in graph.groups}
-    seen = set()
-    for s in graph.sites:
-        live = np.flatnonzero(s.out_comp >= 0)
-        if s.site.name in seen or not len(live):
-            continue
-        seen.add(s.site.name)
-        group = graph.groups[int(graph.comp_group[s.out_comp[live[0]]])]
-        local = graph.comp_local[s.out_comp[live]]
-        order = np.argsort(local, kind="stable")
-        occurrences = len(live) // group.width
-        if not np.array_equal(local[order], np.repeat(np.arange(group.width), occurrences)):
-            raise RuntimeError(f"{s.site.name} does not hold every channel of {group.name} equally often")
-        rows = live[order].reshape(group.width, -1)
-        conv = modules[s.site.name]
-        tensors = [(f"{s.site.name}.{k}", getattr(conv, k)) for k in ("weight", "bias")]
-        if s.site.norm_name:
-            bn = modules[s.site.norm_name]
-            stats = ("weight", "bias", "running_mean", "running_var")
-            tensors += [(f"{s.site.norm_name}.{k}", getattr(bn, k)) for k in stats]
-        found[group.name] += [(n, t, rows) for n, t in tensors if t is not None]
-    return found
-
-
-def mismatch(model: nn.Module, graph: ChannelGraph, clusters: Clusters) -> dict[str, tuple[float, str]]:
-    """Per group: the largest difference of a cluster member from its kept channel, relative to the tensor's largest
-    magnitude, and the tensor where it is (0.0 when every cluster is identical)."""
-    rows = channel_rows(model, graph)
-    worst = {}
-    for group, group_clusters in clusters.items():
-        worst[group] = (0.0, "")
-        for name, t, r in rows[group]:
-            scale = max(float(t.detach().abs().max()), 1e-12)
-            for cluster in group_clusters:
-                if len(cluster) > 1:
-                    members = t.detach()[r[cluster[1:]]]
-                    d = float((members - t.detach()[r[cluster[:1]]]).abs().max()) / scale
-                    if d > worst[group][0]:
-                        worst[group] = (d, name)
-    return worst
-
-
-@torch.no_grad()
-def snap_clusters(model: nn.Module, graph: ChannelGraph, clusters: Clusters,
-                  weights: dict[str, np.ndarray] | None = None) -> float:  # fmt: skip
-    """Make every cluster identical: each member's producing rows (conv, bias, BN terms and statistics) become the
-    cluster's centre, weighted by `weights[group]` per channel (uniform by default). Returns the largest relative
-    deviation from the centre before the snap: what the snap changed."""
-    rows = channel_rows(model, graph)
-    widths = {g.name: g.width for g in graph.groups}
-    largest = 0.0
-    for group, group_clusters in clusters.items():
-        w = np.ones(widths[group]) if weights is None else np.asarray(weights[group], np.float64)
-        for _, t, r in rows[group]:
-            scale = max(float(t.abs().max()), 1e-12)
-            for cluster in (c for c in group_clusters if len(c) > 1):
-                pi = w[cluster] / w[cluster].sum() if w[cluster].sum() > 0 else np.full(len(cluster), 1 / len(cluster))
-                members = t[r[cluster]]  # (members, occurrences, ...)
-                centre = torch.einsum("m,m...->...", torch.as_tensor(pi, device=t.device), members.double())
-                largest = max(largest, float((members - centre.to(t.dtype)).abs().max()) / scale)
-                t[r[cluster]] = centre.to(t.dtype).expand_as(members)
-    return largest
+TOLERANCE = 1e-6  # largest member-to-centre difference, relative to the tensor's largest magnitude, still "identical"
 
 
 @torch.no_grad()
@@ -104,18 +34,10 @@ def merge_clusters(model: nn.Module, graph: ChannelGraph, masks: MaskSet | dict[
     masked, applied to `model`: ready for the normal slim. The model computes what it computed before.
 
     Refuses (YoloPruneError, model untouched) a cluster whose members are not identical within `tolerance`: merging
-    it would change the model's output; `snap_clusters` makes clusters identical.
+    it would change the model's output; `ClusterCentres(graph, clusters).pull(model, 1.0)` makes them identical.
     """
-    masks = masks.masks if isinstance(masks, MaskSet) else masks
-    new = _checked(graph, masks, clusters)
-    bad = {g: v for g, v in mismatch(model, graph, clusters).items() if v[0] > tolerance}
-    if bad:
-        group, (d, where) = max(bad.items(), key=lambda kv: kv[1][0])
-        raise YoloPruneError(
-            f"Cannot merge: the clusters of {len(bad)} group(s) are not identical (worst: {group}, {where} differs by "
-            f"{d:.3g} of its scale, the tolerance is {tolerance:g}); merging would change the model's output. Make the "
-            f"members identical first (snap_clusters)."
-        )
+    new = merged_masks(graph, masks.masks if isinstance(masks, MaskSet) else masks, clusters)
+    _check_identical(model, graph, clusters, tolerance)
     partner = np.full(graph.n_comp + 1, -1, np.int64)  # merged component -> the kept one; index -1 (fixed) reads -1
     for group, group_clusters in clusters.items():
         comps = _components(graph, group)
@@ -144,23 +66,15 @@ def merge_clusters(model: nn.Module, graph: ChannelGraph, masks: MaskSet | dict[
     return merged
 
 
-def _checked(graph: ChannelGraph, masks: dict[str, np.ndarray], clusters: Clusters) -> dict[str, np.ndarray]:
-    """Validate the clusters against the graph and the masks; the masks with the merged members removed."""
-    widths = {g.name: g.width for g in graph.groups}
-    new = {k: np.asarray(v, bool).copy() for k, v in masks.items()}
-    for group, group_clusters in clusters.items():
-        if group not in widths:
-            raise YoloPruneError(f"Cannot merge: the model has no channel group '{group}'.")
-        flat = [c for cluster in group_clusters for c in cluster]
-        if any(not 0 <= c < widths[group] for c in flat) or len(set(flat)) != len(flat):
-            raise YoloPruneError(f"Cannot merge group {group}: its clusters must be disjoint channel indices within "
-                                 f"0..{widths[group] - 1}.")  # fmt: skip
-        keep = new.setdefault(group, np.ones(widths[group], bool))
-        if flat and not keep[flat].all():
-            raise YoloPruneError(f"Cannot merge group {group}: a cluster contains masked channels.")
-        for cluster in group_clusters:
-            keep[list(cluster[1:])] = False
-    return new
+def _check_identical(model: nn.Module, graph: ChannelGraph, clusters: Clusters, tolerance: float) -> None:
+    bad = {g: v for g, v in ClusterCentres(graph, clusters).deviation(model).items() if v[0] > tolerance}
+    if bad:
+        group, (d, where) = max(bad.items(), key=lambda kv: kv[1][0])
+        raise YoloPruneError(
+            f"Cannot merge: the clusters of {len(bad)} group(s) are not identical (worst: {group}, {where} differs by "
+            f"{d:.3g} of its scale, the tolerance is {tolerance:g}); merging would change the model's output. Make "
+            f"the members identical first (ClusterCentres(graph, clusters).pull(model, 1.0))."
+        )
 
 
 def _components(graph: ChannelGraph, group: str) -> np.ndarray:
