@@ -5,11 +5,9 @@ from pathlib import Path
 
 import pytest
 
-os.environ.setdefault("YOLO_OFFLINE", "1")  # before ultralytics is imported anywhere
-
-from yolo_prune._ultralytics import go_offline  # noqa: E402
-
-go_offline()
+# offline from the environment, before ultralytics is imported anywhere (Ultralytics reads it once, at import);
+# the user's Ultralytics settings file is never written (tests/test_ultralytics_native.py)
+os.environ.setdefault("YOLO_OFFLINE", "1")
 
 # resolved: Ultralytics and our data code resolve image paths, so a symlinked ../shared must compare equal
 SHARED_DATA = (Path(__file__).resolve().parents[1].parent / "shared" / "data").resolve()

@@ -31,15 +31,10 @@ def main():
 
     from ultralytics.models.yolo.detect import DetectionTrainer
 
-    from yolo_prune._ultralytics import go_offline
     from yolo_prune.demo_data import ensure_demo_dataset
     from yolo_prune.methods.schedule import PruneSettings
     from yolo_prune.nn.build import config_path
-    from yolo_prune.nn.register import register_modules
-    from yolo_prune.train.trainer import PruneTrainer
-
-    go_offline()
-    register_modules()  # so the plain trainer can build our YOLOv7 YAMLs too
+    from yolo_prune.train.trainer import PruneTrainer  # importing yolo_prune lets the plain trainer build our YAMLs
     data = args.data or str(ensure_demo_dataset())
     project = tempfile.mkdtemp(prefix="bench_overhead_")
     common = dict(model=str(config_path(args.cfg) or args.cfg), data=data, epochs=args.epochs, imgsz=args.imgsz,

@@ -15,6 +15,7 @@ from torch import nn
 from .errors import YoloPruneError
 
 _NUMPY = "__numpy__"  # marks a packed numpy value (see pack_numpy)
+STATE_ATTR = "yolo_prune_state"  # attribute of the pickled EMA module in last.pt: PruneTrainer's state, packed
 
 
 def check_output_path(out) -> Path:

@@ -92,6 +92,8 @@ def _build_parser() -> argparse.ArgumentParser:
     p.add_argument("--half", action="store_true")
     p.add_argument("--json", dest="json_out", default=None)
 
+    sub.add_parser("yolo", help="Ultralytics' CLI with our models installed: yolo-prune yolo train model=yolov7.yaml "
+                   "data=coco8.yaml ... (any `yolo` command)")  # handled in main(), before parsing
     p = sub.add_parser("import", help="convert an official YOLOv5/YOLOv7 checkpoint into an Ultralytics one")
     p.add_argument("checkpoint")
     p.add_argument("--out", required=True)
@@ -102,9 +104,9 @@ def _build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from ._ultralytics import go_offline
-
-    go_offline()
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["yolo"]:  # Ultralytics' own CLI, with our models installed (importing yolo_prune did that)
+        return _ultralytics_cli(argv[1:])
     args = _build_parser().parse_args(argv)
     if getattr(args, "trust_checkpoint", False):  # an environment variable, so DDP children of `train` inherit it
         from .safe_load import TRUST_ENV
@@ -117,6 +119,19 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if result is not None:
         print(result)
+    return 0
+
+
+def _ultralytics_cli(args: list[str]) -> int:
+    """`yolo <args>` in this process, where `import yolo_prune` installed our models into Ultralytics."""
+    from ultralytics.cfg import entrypoint
+
+    spaced = [a for a in args if not a or any(c.isspace() for c in a)]
+    if spaced:  # Ultralytics' entrypoint takes one space-separated string
+        print(f"yolo-prune yolo: error: argument {spaced[0]!r} is empty or holds a space, which Ultralytics' CLI "
+              "cannot take; use a path without spaces, or the Python API (YOLO(...).train(...)).", file=sys.stderr)
+        return 2
+    entrypoint(" ".join(["yolo", *args]))
     return 0
 
 

@@ -175,14 +175,13 @@ def _callable_ids() -> frozenset:
 
 
 def _import_model_modules():
-    """Import every module whose classes a checkpoint may name (the policy looks only in imported modules)."""
+    """Import every module whose classes a checkpoint may name (the policy looks only in imported modules).
+
+    Ours are imported by `import yolo_prune` (its `install()`), which ran before this module could be imported.
+    """
     import ultralytics.nn.tasks  # noqa: F401  (imports ultralytics.nn.modules)
     import ultralytics.utils.loss  # noqa: F401
     import ultralytics.utils.tal  # noqa: F401
-
-    from .nn import anchor, register  # noqa: F401
-
-    register.register_modules()
 
 
 def _load(file, **kwargs):
@@ -224,7 +223,7 @@ def load_checkpoint(path) -> tuple[nn.Module, dict]:
     if not isinstance(model, nn.Module):
         raise YoloPruneError(f"'{path}' holds no model under 'ema' or 'model'; give an Ultralytics .pt checkpoint.")
     if isinstance(getattr(model, "yaml", None), dict):  # Ultralytics rebuilds (and evals) it when it retrains a model
-        from .nn.build import check_model_yaml
+        from .nn.cfg import check_model_yaml
 
         check_model_yaml(model.yaml, str(path))
     model = model.float()
@@ -274,8 +273,3 @@ def _globals_in(path) -> list[str]:
         return list(torch.serialization.get_unsafe_globals_in_checkpoint(str(path)))
     except Exception:  # missing, or not a zip checkpoint: torch.load reports it
         return []
-
-
-def register_safe_globals(classes) -> None:
-    """Make yolo-prune's model classes loadable by torch's weights-only unpickler (`ULTRALYTICS_SAFE_LOAD=1`)."""
-    torch.serialization.add_safe_globals(list(classes))

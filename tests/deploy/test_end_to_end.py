@@ -63,7 +63,7 @@ def assert_same_detections(ours, ref, atol_px=1.0):
 def test_kit_detect_matches_ultralytics_predict(kit_dir, yolov5n_onnx, image_folder, tmp_path):
     from ultralytics import YOLO
 
-    from yolo_prune.nn.register import register_modules
+    import yolo_prune  # noqa: F401  (installs our classes: the imported YOLOv5n holds them)
 
     checkpoint, onnx_file = yolov5n_onnx
     run_kit(kit_dir, "--model", onnx_file, "--images", image_folder, "--out", tmp_path / "results.json",
@@ -71,7 +71,6 @@ def test_kit_detect_matches_ultralytics_predict(kit_dir, yolov5n_onnx, image_fol
     files = sorted(image_folder.glob("*.jpg"))
     ours = kit_detections(tmp_path / "dets.json", [f.name for f in files])
 
-    register_modules()
     predictions = YOLO(str(checkpoint)).predict([str(f) for f in files], imgsz=IMGSZ, device="cpu", verbose=False)
     total = 0
     for file, pred in zip(files, predictions):

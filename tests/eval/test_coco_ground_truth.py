@@ -25,7 +25,7 @@ from yolo_prune.eval.coco import (
     find_instances_json,
     ground_truth_from_labels,
 )
-from yolo_prune.eval.data import dataset_labels
+from yolo_prune.data import dataset_labels
 
 ALL_AREA = ("AP50-95", "AP50", "AP75", "AR1", "AR10", "AR100")
 

@@ -208,24 +208,22 @@ def test_onnx_export_returns_one_decoded_tensor(tiny, tmp_path):
     np.testing.assert_allclose(outputs[0], want, rtol=1e-3, atol=1e-3)
 
 
-def test_ultralytics_detection_trainer_trains_an_idetect_model(tiny, coco8_yaml, tmp_path):
+def test_ultralytics_model_train_and_predict_an_idetect_model_by_name(coco8_yaml, coco8_images, tmp_path):
+    """Plain Ultralytics after `import yolo_prune`: YOLO(name) builds, its own trainer trains (rebuilding the model
+    from the YAML name, as DetectionTrainer does), the checkpoint predicts."""
     from ultralytics import YOLO
-    from ultralytics.models.yolo.detect import DetectionTrainer
 
-    model = copy.deepcopy(tiny)
-    start = {k: v.clone() for k, v in model.state_dict().items()}
-    trainer = DetectionTrainer(
-        overrides=dict(
-            model=TINY, data=str(coco8_yaml), epochs=1, imgsz=64, batch=4, workers=0, device="cpu", plots=False,
-            project=str(tmp_path), name="run", exist_ok=True, amp=False, val=True, verbose=False,
-        )
-    )  # fmt: skip
-    trainer.model = model  # an nn.Module here is used as is (setup_model does not rebuild it)
-    trainer.train()
-    assert trainer.loss_names == ("box_loss", "obj_loss", "cls_loss")
+    yolo, start = YOLO(TINY), {}
+    yolo.add_callback("on_train_start", lambda t: start.update({k: v.clone() for k, v in t.model.state_dict().items()}))
+    yolo.train(data=str(coco8_yaml), epochs=1, imgsz=64, batch=4, workers=0, device="cpu", plots=False,
+               project=str(tmp_path), name="run", exist_ok=True, amp=False, val=True)  # fmt: skip
+    trainer = yolo.trainer
+    assert type(trainer.model) is AnchorDetectionModel and trainer.loss_names == ("box_loss", "obj_loss", "cls_loss")
     assert all(math.isfinite(float(v)) for v in trainer.tloss.values())
-    moved = [k for k, v in model.state_dict().items() if v.is_floating_point() and not torch.equal(v, start[k])]
+    moved = [k for k, v in trainer.model.state_dict().items() if v.is_floating_point() and not torch.equal(v, start[k])]
     assert any(".m.0.weight" in k for k in moved) and any("ia.0.implicit" in k for k in moved)
+    assert "metrics/mAP50-95(B)" in trainer.metrics
     best = YOLO(str(tmp_path / "run" / "weights" / "best.pt"))
     assert type(best.model) is AnchorDetectionModel and type(best.model.model[-1]) is IDetect
-    assert "metrics/mAP50-95(B)" in trainer.metrics
+    results = best.predict([str(p) for p in coco8_images], imgsz=64, conf=0.0, max_det=10, device="cpu")
+    assert len(results) == len(coco8_images) and all(r.boxes.data.shape == (10, 6) for r in results)

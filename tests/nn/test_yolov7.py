@@ -117,17 +117,17 @@ def test_backbone_and_neck_have_the_official_size(name):
         assert abs(gflops - official_gflops) <= 0.1
 
 
-def test_configs_resolve_by_name_and_by_path():
+@pytest.mark.parametrize("name", [*MODELS, "yolov7-tiny-idetect.yaml"])
+def test_configs_resolve_by_name_and_by_path(name):
+    """Ours and Ultralytics' own `YOLO(...)` (after `import yolo_prune`) build the same model, by name or by path."""
     from ultralytics import YOLO
 
-    for name in MODELS:
-        path = config_path(name)
-        assert path is not None and path.name == name and path.is_file()
-        by_name, by_path = load_model(name), load_model(str(path))
-        by_yolo = YOLO(str(path)).model
-        sizes = {sum(p.numel() for p in m.parameters()) for m in (by_name, by_path, by_yolo)}
-        assert len(sizes) == 1, f"{name}: {sizes}"
-        assert [m.type for m in by_name.model] == [m.type for m in by_yolo.model]
+    path = config_path(name)
+    assert path is not None and path.name == name and path.is_file()
+    models = [load_model(name), load_model(str(path)), YOLO(name).model, YOLO(str(path)).model]
+    assert len({type(m) for m in models}) == 1
+    assert len({sum(p.numel() for p in m.parameters()) for m in models}) == 1
+    assert len({tuple(m.type for m in model.model) for model in models}) == 1
 
 
 # -- RepConv fusion ------------------------------------------------------------------------------------------------
@@ -168,13 +168,11 @@ def test_engine_traces_the_whole_model(name):
 
 # -- the YAML extension --------------------------------------------------------------------------------------------
 def test_parse_model_extension_leaves_stock_models_alone():
-    from ultralytics.nn.tasks import yaml_model_load
+    import ultralytics.nn.tasks as tasks
 
-    from yolo_prune.nn import modules
-
-    cfg = yaml_model_load("yolov8n.yaml")
-    stock, _ = modules._stock_parse_model(copy.deepcopy(cfg), 3, verbose=False)
-    ours, _ = modules.parse_model(copy.deepcopy(cfg), 3, verbose=False)
+    cfg = tasks.yaml_model_load("yolov8n.yaml")
+    stock, _ = tasks.parse_model.__wrapped__(copy.deepcopy(cfg), 3, verbose=False)
+    ours, _ = tasks.parse_model(copy.deepcopy(cfg), 3, verbose=False)
     summary = [[(m.i, m.f, m.type, m.np) for m in layers] for layers in (stock, ours)]
     assert summary[0] == summary[1]
 
@@ -195,7 +193,7 @@ def test_train_val_predict_export(name, coco8_yaml, coco8_images, tmp_path):
     import onnxruntime as ort
     from ultralytics import YOLO
 
-    yolo = YOLO(str(config_path(name)))
+    yolo = YOLO(name)  # by name: `import yolo_prune` taught Ultralytics our configs
     yolo.train(data=str(coco8_yaml), epochs=1, imgsz=64, batch=4, workers=0, plots=False, device="cpu",
                project=str(tmp_path), name="train", exist_ok=True, amp=False, val=True)  # fmt: skip
     best = yolo.trainer.best

@@ -43,7 +43,7 @@ def evaluate(model, data=None, imgsz=640, batch=16, json_out=None) -> dict:
         dict with `pycocotools` (the 12 metrics by name), `ultralytics` (mAP50-95, mAP50, precision, recall),
         `ground_truth` (which ground truth was used and why) and counts.
     """
-    from .data import dataset_yaml, load_dataset, ultralytics_yaml
+    from ..data import dataset_yaml, load_dataset, ultralytics_yaml
 
     if int(imgsz) < 32 or int(batch) < 1:
         raise YoloPruneError(f"imgsz must be >= 32 and batch >= 1 (got imgsz={imgsz}, batch={batch}).")

@@ -31,7 +31,7 @@ def calibration_images(data, max_images: int = 512) -> list[Path]:
     if data is not None and Path(data).is_dir():
         files = _images_in(Path(data))
     else:
-        from ..eval.data import dataset_yaml, load_dataset, ultralytics_yaml
+        from ..data import dataset_yaml, load_dataset, ultralytics_yaml
 
         with ultralytics_yaml(dataset_yaml(data)) as file:
             info = load_dataset(file)

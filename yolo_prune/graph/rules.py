@@ -116,7 +116,7 @@ def _dfl(t: Tracer, m, x):
 
 
 # --- yolo-prune modules ---
-from ..nn.modules import SPPCSPC  # noqa: E402  (our YOLOv7 block; importing it also registers it for YAML parsing)
+from ..nn.modules import SPPCSPC  # noqa: E402  (our YOLOv7 block)
 
 
 @channel_rule(SPPCSPC)

@@ -25,6 +25,8 @@ from torch import nn
 
 from ..checkpoint import save_checkpoint
 from ..errors import YoloPruneError
+from .anchor import AnchorDetectionModel
+from .cfg import is_anchor_yaml
 
 # classes of the original repositories that we can rebuild (YAML module names plus the containers around them)
 FOREIGN_CLASSES = {
@@ -181,8 +183,6 @@ def is_foreign(path) -> bool:
 # -- rebuild ----------------------------------------------------------------------------------------------------------
 def load_foreign(path) -> nn.Module:
     """An official YOLOv5/YOLOv7 checkpoint as a float32 `AnchorDetectionModel` in eval mode."""
-    from .anchor import AnchorDetectionModel, is_anchor_yaml
-
     ckpt = read_foreign(path)
     root = ckpt.get("ema") if ckpt.get("ema") is not None else ckpt.get("model")  # EMA first, as YOLOv5 loads
     if _foreign_name(root) not in _MODEL_CLASSES:

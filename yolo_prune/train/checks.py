@@ -16,7 +16,7 @@ MAX_STRIDE = 32  # the largest stride of the detectors yolo-prune builds (P3-P5 
 def check_data(data) -> tuple[Path, dict]:
     """The dataset YAML (the embedded demo set when None) and Ultralytics' checked dataset dict, as the trainer will
     read it: a missing file, missing image folders or a malformed YAML fail here."""
-    from ..eval.data import dataset_yaml, load_dataset
+    from ..data import dataset_yaml, load_dataset
 
     file = dataset_yaml(data)
     info = load_dataset(file)

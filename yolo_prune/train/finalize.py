@@ -4,11 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..checkpoint import atomic_save
+from ..checkpoint import STATE_ATTR, atomic_save
 from ..graph.analyze import ChannelGraph
 from ..safe_load import load
 from ..slim.slim import slim
-from .trainer import STATE_ATTR
 
 
 def slim_checkpoint(path: Path, graph: ChannelGraph | None) -> None:

@@ -24,7 +24,7 @@ from ultralytics.models.yolo.detect import DetectionTrainer
 from ultralytics.utils import DEFAULT_CFG, LOGGER, RANK
 from ultralytics.utils.torch_utils import unwrap_model
 
-from ..checkpoint import pack_numpy, unpack_numpy
+from ..checkpoint import STATE_ATTR, pack_numpy, unpack_numpy
 from ..methods.schedule import PruneSettings
 from ..nn.build import load_model
 from . import resume
@@ -32,7 +32,6 @@ from .distill import FeatureDistillation
 from .pruner import InTrainingPruner
 
 SETTINGS_ENV = "YOLO_PRUNE_SETTINGS"
-STATE_ATTR = "yolo_prune_state"  # attribute of the pickled EMA module in last.pt
 
 
 class PruneTrainer(DetectionTrainer):

@@ -6,13 +6,13 @@ import contextlib
 import tempfile
 from pathlib import Path
 
-from ..errors import YoloPruneError
+from .errors import YoloPruneError
 
 
 def dataset_yaml(data) -> Path:
     """The dataset YAML to use: `data`, or the embedded demo dataset when None."""
     if data is None:
-        from ..demo_data import ensure_demo_dataset
+        from .demo_data import ensure_demo_dataset
 
         return ensure_demo_dataset()
     file = Path(data)
