@@ -7,7 +7,9 @@
 Default: the COCO-pretrained YOLOv5n (../shared/data/yolov5n_coco) on the real coco128 split (tools/coco128_split.py:
 96 train / 32 held-out val images). Each run is the plain command a user types, in its own process:
 - `dense`: `yolo-prune train --weights W --flops 0` (the dense fine-tune every cut is compared with);
-- in-training methods (effp, asfp): `yolo-prune train --weights W --flops C --method M`;
+- in-training methods (every method of the registry that prunes in training: effp, asfp, ...; `uniform_train` and
+  `random_train` are the in-training runs of the methods that are also one-shot baselines):
+  `yolo-prune train --weights W --flops C --method M`;
 - one-shot baselines (l1, uniform, random, and `tp`: Torch-Pruning group-L2 with a uniform ratio, when torch-pruning
   is installed, `pip install -e ".[bench]"`): prune W to the cut, then `yolo-prune train --weights pruned.pt --flops 0`.
 Every final best.pt is validated on the held-out split by Ultralytics (mAP50-95, mAP50); GFLOPs by Ultralytics'
@@ -26,8 +28,14 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared" / "data"
-IN_TRAINING = ["effp", "asfp"]
 ONE_SHOT = ["l1", "uniform", "random", "tp"]
+
+
+def in_training_methods() -> dict[str, str]:
+    """Run label -> method key, for every registered in-training method (new methods join automatically)."""
+    from yolo_prune.methods import list_methods
+
+    return {f"{m}_train" if m in ONE_SHOT else m: m for m in list_methods(one_shot=False)}
 
 
 def main():
@@ -60,7 +68,7 @@ def _parse():
     p.add_argument("--data", default=None, help="dataset YAML (default: the coco128 split, made under --out)")
     p.add_argument("--cuts", type=float, nargs="+", default=[0.2, 0.37])
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
-    p.add_argument("--methods", nargs="+", default=["dense"] + IN_TRAINING + ONE_SHOT)
+    p.add_argument("--methods", nargs="+", default=["dense", *in_training_methods(), *ONE_SHOT])
     p.add_argument("--epochs", type=int, default=30)
     p.add_argument("--imgsz", type=int, default=320)
     p.add_argument("--batch", type=int, default=16)
@@ -89,8 +97,9 @@ def _run(method, cut, seed, data, folder: Path, args) -> dict:
     weights, flops, method_flag = args.weights, cut, []
     if method in ONE_SHOT:
         weights, flops = _one_shot(method, cut, seed, args.weights, folder), 0.0
-    elif method in IN_TRAINING:
-        method_flag = ["--method", method]
+    elif method in in_training_methods():
+        key = in_training_methods()[method]
+        method_flag = ["--method", key] + (["--random-seed", str(seed)] if key == "random" else [])
     cmd = [sys.executable, "-m", "yolo_prune", "train", "--weights", str(weights), "--data", data,
            "--flops", str(flops), *method_flag, "--epochs", str(args.epochs), "--imgsz", str(args.imgsz),
            "--batch", str(args.batch), "--project", str(folder.parent), "--name", folder.name,
@@ -109,10 +118,9 @@ def _one_shot(method, cut, seed, weights, folder: Path) -> Path:
         _torch_pruning(weights, cut, path)
         return path
     import yolo_prune.api as yp
-    from yolo_prune.methods import get_method
 
-    get_method("random").seed = seed  # another draw per seed; the others are deterministic
-    yp.prune(weights, flops=cut, method=method, imgsz=640, out=path)
+    seed_option = {"random_seed": seed} if method == "random" else {}  # another draw per seed; the rest is fixed
+    yp.prune(weights, flops=cut, method=method, imgsz=640, out=path, **seed_option)
     return path
 
 
@@ -158,8 +166,8 @@ def table(results) -> str:
     """One line per run, then the mean over seeds per method and cut."""
     rows = sorted(results, key=lambda r: (r["cut"], r["method"], r["seed"]))
     header = ("method", "cut", "seed", "GFLOPs", "params M", "mAP50-95", "mAP50", "wall s")
-    lines = ["{:<8}{:>6}{:>5}{:>8}{:>10}{:>10}{:>8}{:>8}".format(*header)]
-    lines += [f"{r['method']:<8}{r['cut']:>6.2f}{r['seed']:>5}{r['gflops']:>8.2f}{r['params'] / 1e6:>10.2f}"
+    lines = ["{:<14}{:>6}{:>5}{:>8}{:>10}{:>10}{:>8}{:>8}".format(*header)]
+    lines += [f"{r['method']:<14}{r['cut']:>6.2f}{r['seed']:>5}{r['gflops']:>8.2f}{r['params'] / 1e6:>10.2f}"
               f"{r['map50_95']:>10.3f}{r['map50']:>8.3f}{r['wall_s']:>8.0f}" for r in rows]  # fmt: skip
     lines.append("\nmean over seeds")
     groups: dict[tuple, list] = {}
@@ -168,7 +176,7 @@ def table(results) -> str:
     for (cut, method), rs in groups.items():
         m = sum(r["map50_95"] for r in rs) / len(rs)
         spread = max(r["map50_95"] for r in rs) - min(r["map50_95"] for r in rs)
-        lines.append(f"{method:<8}{cut:>6.2f}  n={len(rs)}  mAP50-95 {m:.3f} (range {spread:.3f})  "
+        lines.append(f"{method:<14}{cut:>6.2f}  n={len(rs)}  mAP50-95 {m:.3f} (range {spread:.3f})  "
                      f"mAP50 {sum(r['map50'] for r in rs) / len(rs):.3f}")  # fmt: skip
     return "\n".join(lines)
 

@@ -61,9 +61,12 @@ class PruneReport(dict):
         return "\n".join(lines)
 
 
-def prune(model, flops: float, method: str = "l1", imgsz: int = 640, round_to: int = 8, min_keep: float = 0.25,
-          out=None) -> PruneReport:  # fmt: skip
-    """One-shot structural prune of `model` to remove `flops` of its FLOPs; saves a slim checkpoint to `out`."""
+def prune(model, flops: float, method: str = "l1", out=None, **settings) -> PruneReport:
+    """One-shot structural prune of `model` to remove `flops` of its FLOPs; saves a slim checkpoint to `out`.
+
+    `settings`: `imgsz` (where FLOPs are counted), `round_to`, `min_keep` (PruneSettings) and the method's options
+    (e.g. `random_seed`); `yolo-prune prune --help` lists them with their defaults.
+    """
     from ultralytics.utils.torch_utils import get_flops
 
     from .checkpoint import check_output_path, save_checkpoint
@@ -71,32 +74,36 @@ def prune(model, flops: float, method: str = "l1", imgsz: int = 640, round_to: i
     from .export.onnx import check_imgsz
     from .graph.analyze import analyze
     from .masks.budget import Budget
-    from .masks.mask import MaskSet
-    from .methods import get_method
+    from .methods import PruneContext, get_method
     from .nn.build import load_model
+    from .settings import PruneSettings, split_keywords
     from .slim.slim import slim
 
     _check_flops(flops)
-    cls = get_method(method)
-    if not cls.one_shot:
-        raise YoloPruneError(f"Method '{method}' prunes during training; use `yolo-prune train --method {method}`.")
+    fields, options, unknown = split_keywords(settings)
+    if unknown or set(fields) - {"imgsz", "round_to", "min_keep"}:
+        bad = sorted(set(unknown) | (set(fields) - {"imgsz", "round_to", "min_keep"}))
+        raise YoloPruneError(f"prune() got unknown or training-only arguments {bad}; it takes imgsz, round_to, "
+                             "min_keep and the method's options.")  # fmt: skip
+    s = PruneSettings(flops=flops, method=method, **fields, options=options).validate(one_shot=True)
     if out is not None:
         check_output_path(out)
     base = load_model(model)
-    check_imgsz(base, imgsz)
-    graph = analyze(base, imgsz)
-    pruner = cls(graph, Budget(graph, round_to=round_to, min_keep=min_keep))
+    check_imgsz(base, s.imgsz)
+    graph = analyze(base, s.imgsz)
+    budget = Budget(graph, round_to=s.round_to, min_keep=s.min_keep)
+    pruner = get_method(method)(graph, budget, s.options)
     target = graph.gflops() * (1 - flops)
-    masks = pruner.prune_step(base, MaskSet(graph), target, progress=1.0)
+    masks = pruner.prune_step(PruneContext.one_shot(base, graph, budget, target, settings=s))
     slim_model = slim(base, graph, masks.masks)
     report = PruneReport(
-        base_gflops=graph.gflops(), predicted_gflops=masks.gflops(), slim_gflops=get_flops(slim_model, imgsz),
-        base_params=_count(base), slim_params=_count(slim_model), target=flops, imgsz=imgsz, out=str(out),
+        base_gflops=graph.gflops(), predicted_gflops=masks.gflops(), slim_gflops=get_flops(slim_model, s.imgsz),
+        base_params=_count(base), slim_params=_count(slim_model), target=flops, imgsz=s.imgsz, out=str(out),
     )  # fmt: skip
     report["cut"] = 1 - report["slim_gflops"] / report["base_gflops"]
     if out is not None:
-        manifest = dict(source=str(model), method=method, flops_target=flops, imgsz=imgsz, round_to=round_to,
-                        widths=masks.alive_count(), base_gflops=report["base_gflops"])  # fmt: skip
+        manifest = dict(source=str(model), method=method, options=s.options, flops_target=flops, imgsz=s.imgsz,
+                        round_to=s.round_to, widths=masks.alive_count(), base_gflops=report["base_gflops"])  # fmt: skip
         save_checkpoint(slim_model, out, manifest)
     report["model"] = slim_model
     return report
@@ -167,24 +174,25 @@ def _check_flops(flops: float):
         raise YoloPruneError(f"--flops must be a fraction strictly between 0 and 1 (e.g. 0.37), got {flops}.")
 
 
-def train(cfg=None, flops: float = 0.0, method: str = "effp", data=None, weights=None, prune_args: dict | None = None,
-          **overrides) -> dict:  # fmt: skip
+def train(cfg=None, data=None, weights=None, **kwargs) -> dict:
     """Train with the Ultralytics trainer while pruning to remove `flops` of the FLOPs; ends with slim weights.
 
     Args:
         cfg: model YAML (ours by name, Ultralytics' by name, or a path); default yolov7-tiny.yaml.
-        flops: fraction of FLOPs to remove (0 trains without pruning).
-        method: in-training method key (effp, asfp).
         data: Ultralytics dataset YAML; default: the embedded demo dataset (generated once, kept on disk).
         weights: initialise from this checkpoint (Ultralytics, or an official YOLOv5/YOLOv7 one, imported).
-        prune_args: round_to, min_keep, imgsz (FLOPs counting), warmup_frac, prune_frac, steps_per_epoch.
-        **overrides: any Ultralytics train argument (epochs, imgsz, batch, device, project, name, resume, ...).
+        **kwargs: the pruning settings (PruneSettings' fields: `flops`, `method`, `round_to`, `min_keep`,
+            `warmup_frac`, `prune_frac`, `steps_per_epoch`, `compensate`, `distill`, and `flops_imgsz`, the image
+            size FLOPs are counted at), the chosen method's options (e.g. `regrow` for effp, `kappa` for asfp), and
+            any Ultralytics train argument (epochs, imgsz, batch, device, project, name, resume, ...). The same names
+            as the flags of `yolo-prune train --help`, with underscores.
 
     Returns:
         dict with `best`, `last` checkpoint paths, `save_dir` and the summary `rows` (base and slim).
     """
-    from .methods.schedule import PruneSettings
+    from .settings import TRAIN_RENAME, PruneSettings, split_keywords
     from .train.run import run_training
 
-    settings = PruneSettings(flops=flops, method=method, **(prune_args or {})).validate()
+    fields, options, overrides = split_keywords(kwargs, TRAIN_RENAME)
+    settings = PruneSettings(**fields, options=options).validate()
     return run_training(cfg=cfg, settings=settings, data=data, weights=weights, overrides=overrides)

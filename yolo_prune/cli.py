@@ -6,10 +6,11 @@ import argparse
 import json
 import os
 import sys
+from dataclasses import fields
 
 from .errors import YoloPruneError
 
-
+ONE_SHOT_SETTINGS = ("imgsz", "round_to", "min_keep")  # the PruneSettings a one-shot prune uses
 TRUST_HELP = ("load checkpoints with the ordinary unpickler, which runs code stored in them: only for files from a "
               "source you trust (default: a restricted loader refuses such code)")
 
@@ -18,8 +19,29 @@ def _model_arg(p, flag="--model", required=True, **kw):
     p.add_argument(flag, required=required, help="model YAML name (yolov8n.yaml, yolov7.yaml), .yaml path or .pt", **kw)
 
 
+def _method_flags(p, one_shot: bool) -> None:
+    """The options of every method the command runs, one flag group per method (generated from its dataclass)."""
+    from .methods import get_method, list_methods
+    from .settings import add_flags
+
+    for key in list_methods(one_shot=one_shot):
+        if fields(get_method(key).Options):
+            add_flags(p, get_method(key).Options, title=f"{key} options")
+
+
+def _given_options(args, one_shot: bool) -> dict:
+    from .methods import get_method, list_methods
+    from .settings import given_flags
+
+    given = {}
+    for key in list_methods(one_shot=one_shot):
+        given.update(given_flags(args, get_method(key).Options))
+    return given
+
+
 def _build_parser() -> argparse.ArgumentParser:
     from .methods import list_methods
+    from .settings import TRAIN_RENAME, PruneSettings, add_flags
 
     parser = argparse.ArgumentParser(prog="yolo-prune", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -28,9 +50,8 @@ def _build_parser() -> argparse.ArgumentParser:
     _model_arg(p)
     p.add_argument("--flops", type=float, required=True, help="fraction of FLOPs to remove, in (0, 1)")
     p.add_argument("--method", default="l1", choices=list_methods(one_shot=True))
-    p.add_argument("--imgsz", type=int, default=640, help="image size at which FLOPs are counted")
-    p.add_argument("--round-to", type=int, default=8, help="kept widths are multiples of this (TensorRT likes 8)")
-    p.add_argument("--min-keep", type=float, default=0.25, help="never keep less than this fraction of a group")
+    add_flags(p, PruneSettings, only=ONE_SHOT_SETTINGS)
+    _method_flags(p, one_shot=True)
     p.add_argument("--out", required=True, help="output checkpoint path (.pt)")
 
     p = sub.add_parser("info", help="FLOPs, params and prunable channel groups of a model")
@@ -38,10 +59,8 @@ def _build_parser() -> argparse.ArgumentParser:
     p.add_argument("--imgsz", type=int, default=640)
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
 
-    p = sub.add_parser("train", help="train with the Ultralytics trainer while pruning (EFFP/ASFP), in one run")
+    p = sub.add_parser("train", help="train with the Ultralytics trainer while pruning, in one run")
     p.add_argument("--cfg", default=None, help="model YAML (yolov7.yaml, yolov8n.yaml, a path); default yolov7-tiny")
-    p.add_argument("--flops", type=float, default=0.0, help="fraction of FLOPs to remove (0 = plain training)")
-    p.add_argument("--method", default="effp", choices=list_methods(one_shot=False))
     p.add_argument("--data", default=None, help="Ultralytics dataset YAML; default: the embedded demo dataset")
     p.add_argument("--weights", default=None, help="initialise from this checkpoint (same architecture)")
     p.add_argument("--epochs", type=int, default=None)
@@ -51,15 +70,8 @@ def _build_parser() -> argparse.ArgumentParser:
     p.add_argument("--project", default=None)
     p.add_argument("--name", default=None)
     p.add_argument("--resume", default=None, nargs="?", const=True, help="resume from last.pt (path or flag)")
-    p.add_argument("--round-to", type=int, default=8)
-    p.add_argument("--min-keep", type=float, default=None, help="floor per group (default 0.25)")
-    p.add_argument("--warmup-frac", type=float, default=None, help="fraction of epochs before pruning starts")
-    p.add_argument("--prune-frac", type=float, default=None, help="fraction of epochs at which the target is reached")
-    p.add_argument("--steps-per-epoch", type=int, default=None, help="pruning steps per epoch in the pruning phase")
-    p.add_argument("--compensate", action=argparse.BooleanOptionalAction, default=None,
-                   help="hand masked channels over to their consumers by least squares (default: on with --weights)")
-    p.add_argument("--distill", type=float, default=None,
-                   help="weight of distillation from the dense starting model (default 1 with --weights; 0 = off)")
+    add_flags(p, PruneSettings, rename=TRAIN_RENAME, title="pruning")
+    _method_flags(p, one_shot=False)
     p.add_argument("overrides", nargs="*", help="any other Ultralytics train argument as key=value")
 
     p = sub.add_parser("val", help="COCO mAP with pycocotools (and Ultralytics' mAP beside it)")
@@ -139,10 +151,11 @@ def _dispatch(args):
     from . import api
 
     if args.command == "prune":
-        report = api.prune(
-            args.model, flops=args.flops, method=args.method, imgsz=args.imgsz,
-            round_to=args.round_to, min_keep=args.min_keep, out=args.out,
-        )  # fmt: skip
+        from .settings import PruneSettings, given_flags
+
+        settings = given_flags(args, PruneSettings, only=ONE_SHOT_SETTINGS)
+        report = api.prune(args.model, flops=args.flops, method=args.method, out=args.out, **settings,
+                           **_given_options(args, one_shot=True))  # fmt: skip
         return report.table()
     if args.command == "info":
         info = api.info(args.model, imgsz=args.imgsz)
@@ -174,14 +187,12 @@ def _train_kwargs(args) -> dict:
             raise YoloPruneError(f"Extra train argument '{item}' is not key=value (e.g. lr0=0.01).")
         key, value = item.split("=", 1)
         extra[key] = _parse_value(value)
+    from .settings import TRAIN_RENAME, PruneSettings, given_flags
+
     named = {k: getattr(args, k) for k in ("epochs", "imgsz", "batch", "device", "project", "name", "resume")}
-    prune = {k: getattr(args, k) for k in ("round_to", "min_keep", "warmup_frac", "prune_frac", "steps_per_epoch",
-                                     "compensate", "distill")}
-    return dict(
-        cfg=args.cfg, flops=args.flops, method=args.method, data=args.data, weights=args.weights,
-        prune_args={k: v for k, v in prune.items() if v is not None},
-        **{k: v for k, v in named.items() if v is not None}, **extra,
-    )  # fmt: skip
+    settings = {TRAIN_RENAME.get(k, k): v for k, v in given_flags(args, PruneSettings, TRAIN_RENAME).items()}
+    return dict(cfg=args.cfg, data=args.data, weights=args.weights, **settings, **_given_options(args, one_shot=False),
+                **{k: v for k, v in named.items() if v is not None}, **extra)  # fmt: skip
 
 
 def _parse_value(text: str):

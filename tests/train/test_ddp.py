@@ -20,7 +20,8 @@ def _worker(rank, world, port, queue):
         torch.manual_seed(rank)  # different weights on each rank: local decisions would differ
         model = load_model("yolov8n.yaml")
         pruner = InTrainingPruner(model, PruneSettings(flops=0.3, method="effp", steps_per_epoch=1), epochs=2)
-        local = pruner.method.prune_step(model, pruner.masks, pruner.base_gflops * 0.7, 1.0).masks
+        ctx = pruner.context(target_gflops=pruner.base_gflops * 0.7, progress=1.0)
+        local = pruner.method.prune_step(ctx).masks
         pruner.maybe_step(model, None, position=2.0)
         queue.put((rank, {k: v.copy() for k, v in local.items()}, {k: v.copy() for k, v in pruner.masks.masks.items()}))
     finally:

@@ -14,16 +14,15 @@ import numpy as np
 
 from ..errors import YoloPruneError
 from ..graph.analyze import ChannelGraph
+from ..settings import PruneSettings
 
 
 class Budget:
     """Precomputed coupling between groups and conv sites, for fast incremental FLOPs while allocating."""
 
-    def __init__(self, graph: ChannelGraph, round_to: int = 8, min_keep: float = 0.25):
-        if round_to < 1:
-            raise YoloPruneError(f"--round-to must be a positive integer, got {round_to}.")
-        if not 0 <= min_keep <= 1:
-            raise YoloPruneError(f"--min-keep must be within [0, 1], got {min_keep}.")
+    def __init__(self, graph: ChannelGraph, round_to: int = PruneSettings.round_to,
+                 min_keep: float = PruneSettings.min_keep):  # fmt: skip
+        """`round_to` and `min_keep` as validated by PruneSettings (whose defaults they are)."""
         self.graph, self.round_to = graph, round_to
         self.floors = {g.gid: self._floor(g.width, min_keep) for g in graph.groups}
         # per group: the sites whose input or output channels it owns, with per-channel occurrence counts

@@ -18,26 +18,40 @@ at every pruning step, on the *current* pruned network,
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 
+from ..errors import YoloPruneError
 from ..masks.mask import MaskSet
-from .base import PruningMethod, register_method
+from ..settings import setting
+from .base import MethodOptions, TaylorScored, register_method
+
+
+@dataclass
+class ASFPOptions(MethodOptions):
+    kappa: float = setting(0.5, "ASFP: an alive channel is redundant when it scores below kappa x the median score "
+                           "of the network's alive channels")  # fmt: skip
+    max_scale: float = setting(4.0, "ASFP: upper end of the bisection for the global width scale sigma")
+
+    def check(self):
+        if not self.kappa > 0:
+            raise YoloPruneError(f"--kappa must be > 0, got {self.kappa}.")
+        if not self.max_scale >= 1:
+            raise YoloPruneError(f"--max-scale must be at least 1, got {self.max_scale}.")
 
 
 @register_method("asfp")
-class ASFP(PruningMethod):
-    kappa = 0.5
+class ASFP(TaylorScored):
+    Options = ASFPOptions
 
-    def score(self, model, masks):
-        return self.training_scores(model)
-
-    def prune_step(self, model, masks: MaskSet, target_gflops: float, progress: float) -> MaskSet:
-        scores = self.score(model, masks)
+    def prune_step(self, ctx) -> MaskSet:
+        scores, masks, target_gflops = self.score(ctx), ctx.masks, ctx.target_gflops
         alive = np.concatenate([scores[k][m] for k, m in masks.masks.items()])
         median = float(np.median(alive)) if alive.size else 0.0
         proposal = {g.name: self._proposed_width(scores[g.name], masks.masks[g.name], median)
                     for g in self.graph.groups}  # fmt: skip
-        lo, hi = 0.0, 4.0
+        lo, hi = 0.0, self.options.max_scale
         for _ in range(40):  # smallest sigma whose FLOPs still reach the target (then trimmed exactly below)
             mid = (lo + hi) / 2
             if self.graph.gflops(_resize(scores, masks.masks, self._widths(proposal, mid))) >= target_gflops:
@@ -45,11 +59,15 @@ class ASFP(PruningMethod):
             else:
                 lo = mid
         start = _resize(scores, masks.masks, self._widths(proposal, hi))
+        redundant = [self._redundant(scores[k], m, median) for k, m in masks.masks.items()]
+        ctx.log(sigma=hi, redundant=float(np.mean(redundant)))  # the global scale and the mean redundancy rho_g
         return MaskSet(self.graph, self.budget.allocate(scores, target_gflops, start=start))
 
+    def _redundant(self, score: np.ndarray, alive: np.ndarray, median: float) -> float:
+        return float((score[alive] < self.options.kappa * median).mean()) if alive.any() else 0.0
+
     def _proposed_width(self, score: np.ndarray, alive: np.ndarray, median: float) -> float:
-        redundant = (score[alive] < self.kappa * median).mean() if alive.any() else 0.0
-        return alive.sum() * (1 - redundant) + (score[~alive] > median).sum()
+        return alive.sum() * (1 - self._redundant(score, alive, median)) + (score[~alive] > median).sum()
 
     def _widths(self, proposal: dict[str, float], sigma: float) -> dict[str, int]:
         r = self.budget.round_to

@@ -12,37 +12,56 @@ Only the abstract is public; our reconstruction (docs/methods.md):
 - regrow: masked channels that now clearly outrank (by `margin`) the weakest alive channel of their group swap places
   with it (widths, and so FLOPs and alignment, are unchanged); at most `regrow` x (masked channels) swaps at the first
   step, decaying by a cosine to none at the end of the pruning phase, after which the masks are fixed.
+Evidence in prune_log.csv: `regrown` per step (a shared column) and `regrown_alive`, how many of the channels regrown
+so far are still alive after the step (at the last step: how many survive to the end).
 """
 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import numpy as np
 
+from ..errors import YoloPruneError
 from ..masks.mask import MaskSet
-from .base import PruningMethod, register_method
+from ..settings import setting
+from .base import MethodOptions, TaylorScored, register_method
+
+
+@dataclass
+class EFFPOptions(MethodOptions):
+    regrow: float = setting(0.3, "EFFP: fraction of masked channels that may come back at the first pruning step "
+                            "(decays by a cosine to 0 at the end of the pruning phase)")  # fmt: skip
+    regrow_margin: float = setting(2.0, "EFFP: a masked channel comes back only if it scores this many times the "
+                                   "alive channel it replaces")  # fmt: skip
+
+    def check(self):
+        if not 0 <= self.regrow <= 1:
+            raise YoloPruneError(f"--regrow must be a fraction within [0, 1], got {self.regrow}.")
+        if not self.regrow_margin >= 1:
+            raise YoloPruneError(f"--regrow-margin must be at least 1 (a ratio of scores), got {self.regrow_margin}.")
 
 
 @register_method("effp")
-class EFFP(PruningMethod):
-    regrow = 0.3  # fraction of masked channels that may come back at the first pruning step
-    margin = 2.0  # a masked channel comes back only if it scores this many times the alive one it replaces
+class EFFP(TaylorScored):
+    Options = EFFPOptions
 
-    def __init__(self, graph, budget):
-        super().__init__(graph, budget)
+    def __init__(self, graph, budget, options=None):
+        super().__init__(graph, budget, options)
         self.regrown_total = 0  # channels regrown so far in the run (reported, and checked by tests)
+        self.regrown: dict[str, np.ndarray] = {g.name: np.zeros(g.width, bool) for g in graph.groups}  # ever regrown
 
-    def score(self, model, masks):
-        return self.training_scores(model)
-
-    def prune_step(self, model, masks: MaskSet, target_gflops: float, progress: float) -> MaskSet:
-        scores = self.score(model, masks)
-        pruned = self.budget.allocate(scores, target_gflops, start=masks.masks)
+    def prune_step(self, ctx) -> MaskSet:
+        scores, masks = self.score(ctx), ctx.masks
+        pruned = self.budget.allocate(scores, ctx.target_gflops, start=masks.masks)
         masked = sum(int((~m).sum()) for m in pruned.values())
-        budget = int(self.regrow * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0))) * masked)
-        new = self._regrow(scores, pruned, budget, self.margin)
+        budget = int(self.options.regrow * 0.5 * (1 + math.cos(math.pi * min(ctx.progress, 1.0))) * masked)
+        new = self._regrow(scores, pruned, budget, self.options.regrow_margin)
+        for k in new:
+            self.regrown[k] |= new[k] & ~masks.masks[k]
         self.regrown_total += sum(int((new[k] & ~masks.masks[k]).sum()) for k in new)
+        ctx.log(regrow_budget=budget, regrown_alive=sum(int((self.regrown[k] & new[k]).sum()) for k in new))
         return MaskSet(self.graph, new)
 
     @staticmethod
@@ -66,7 +85,11 @@ class EFFP(PruningMethod):
         return new
 
     def state_dict(self):
-        return {"regrown_total": self.regrown_total}
+        regrown = {k: v.copy() for k, v in self.regrown.items()}
+        return {**super().state_dict(), "regrown_total": self.regrown_total, "regrown": regrown}
 
     def load_state_dict(self, state):
+        super().load_state_dict(state)
         self.regrown_total = int(state.get("regrown_total", 0))
+        for k, v in state.get("regrown", {}).items():
+            self.regrown[k] = np.asarray(v, bool).copy()

@@ -5,12 +5,13 @@ removes, globally, the channels with the least importance per FLOP saved until t
 """
 
 from .base import PruningMethod, register_method
-from .criteria import folded_l1
+from .criteria import FoldedL1
 
 
 @register_method("l1")
 class L1(PruningMethod):
     one_shot = True
+    in_training = False  # in training, effp / asfp rank by measured importance; uniform / random are the baselines
 
-    def score(self, model, masks):
-        return folded_l1(model, self.graph)
+    def score(self, ctx):
+        return FoldedL1(self.graph)(ctx.model)

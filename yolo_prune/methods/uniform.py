@@ -1,8 +1,9 @@
-"""Uniform: the same fraction of channels removed from every group (folded-L1 order within a group), one-shot.
+"""Uniform: the same fraction of channels removed from every group (folded-L1 order within a group).
 
 The baseline that per-layer allocation must beat (Torch-Pruning's default local ratio works this way). One fraction
 for the whole network is found by bisection so that the FLOPs just reach the target; the shared budget then trims the
-rounding remainder, so widths differ from exactly uniform by at most a few alignment chunks.
+rounding remainder, so widths differ from exactly uniform by at most a few alignment chunks. One-shot
+(`yolo-prune prune`) or in training (`yolo-prune train`: every scheduled step re-ranks on the dense shadow values).
 """
 
 from __future__ import annotations
@@ -11,26 +12,31 @@ import numpy as np
 
 from ..masks.mask import MaskSet
 from .base import PruningMethod, register_method
-from .criteria import folded_l1
+from .criteria import FoldedL1
 
 
 @register_method("uniform")
 class Uniform(PruningMethod):
     one_shot = True
 
-    def score(self, model, masks):
-        return folded_l1(model, self.graph)
+    def __init__(self, graph, budget, options=None):
+        super().__init__(graph, budget, options)
+        self.criterion = FoldedL1(graph)
 
-    def prune_step(self, model, masks: MaskSet, target_gflops: float, progress: float) -> MaskSet:
-        scores = self.score(model, masks)
+    def score(self, ctx):
+        return self.criterion(ctx.model)
+
+    def prune_step(self, ctx) -> MaskSet:
+        scores = self.score(ctx)
         lo, hi = 0.0, 1.0  # fraction removed from every group
         for _ in range(30):
             mid = (lo + hi) / 2
-            if self.graph.gflops(self._keep(scores, mid)) >= target_gflops:
+            if self.graph.gflops(self._keep(scores, mid)) >= ctx.target_gflops:
                 lo = mid
             else:
                 hi = mid
-        return MaskSet(self.graph, self.budget.allocate(scores, target_gflops, start=self._keep(scores, lo)))
+        ctx.log(uniform_fraction=lo)
+        return MaskSet(self.graph, self.budget.allocate(scores, ctx.target_gflops, start=self._keep(scores, lo)))
 
     def _keep(self, scores, fraction: float) -> dict[str, np.ndarray]:
         r, masks = self.budget.round_to, {}

@@ -24,6 +24,9 @@ FIXED_COLUMNS = ["step", "position", "target_gflops", "gflops", "params", "prune
 class PruneLog:
     """Per-step record of a pruning run in `run_dir/prune_log.csv`, kept across resumed runs.
 
+    Columns: FIXED_COLUMNS, then the method's evidence columns (`ctx.log(name=value)`: numbers or short text; a new
+    name adds a column, earlier rows left empty), then one width column per channel group.
+
     Args:
         run_dir: the Ultralytics run folder (`runs/detect/train`).
         group_names: channel group names in model order; one CSV column each.
@@ -42,40 +45,85 @@ class PruneLog:
         self.png_path = self.run_dir / PNG_NAME
 
     @property
+    def extra_columns(self) -> list[str]:
+        """The method evidence columns in the file so far."""
+        found = self._read_header()
+        return found[len(FIXED_COLUMNS) : len(found) - len(self.group_names)] if found else []
+
+    @property
     def header(self) -> list[str]:
-        return FIXED_COLUMNS + self.group_names
+        return FIXED_COLUMNS + self.extra_columns + self.group_names
 
-    def record(self, row: dict, widths: list[int]) -> None:
-        """Append one step: `row` holds the FIXED_COLUMNS (a missing value is written empty), then the widths.
-
-        The header is written once; appending works across a resumed run (file already exists).
-        """
+    def record(self, row: dict, widths: list[int], extra: dict | None = None) -> None:
+        """Append one step: `row` holds the FIXED_COLUMNS (a missing value is written empty), `extra` the method's
+        evidence, then the widths. The header is written once (rewritten when a new evidence column appears);
+        appending works across a resumed run (file already exists)."""
         if len(widths) != len(self.group_names):
             raise YoloPruneError(f"PruneLog.record got {len(widths)} widths for {len(self.group_names)} groups.")
+        extra = dict(extra or {})
+        clash = set(extra) & set(FIXED_COLUMNS + self.group_names)
+        if clash:
+            raise YoloPruneError(f"Method log columns {sorted(clash)} clash with the prune log's own columns; rename "
+                                 "them in the method's ctx.log(...).")  # fmt: skip
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        new_file = not self.csv_path.exists() or self.csv_path.stat().st_size == 0
-        if not new_file:
-            self._check_header()
+        columns = self.extra_columns
+        new = [k for k in extra if k not in columns]
+        if new and self._read_header():
+            self._add_columns(columns + new)
+        columns = columns + new
+        write_header = not self._read_header()
         with open(self.csv_path, "a", newline="") as f:
             writer = csv.writer(f)
-            if new_file:
-                writer.writerow(self.header)
-            writer.writerow([_cell(row.get(k)) for k in FIXED_COLUMNS] + [int(w) for w in widths])
+            if write_header:
+                writer.writerow(FIXED_COLUMNS + columns + self.group_names)
+            writer.writerow([_cell(row.get(k)) for k in FIXED_COLUMNS] + [_cell(extra.get(k)) for k in columns]
+                            + [int(w) for w in widths])  # fmt: skip
 
     def rows(self) -> list[dict]:
-        """The logged steps in order; a step logged twice (a run resumed from an earlier checkpoint) keeps its
-        latest row."""
-        if not self.csv_path.exists() or self.csv_path.stat().st_size == 0:
+        """The logged steps in order (the method's evidence under "extra"); a step logged twice (a run resumed from
+        an earlier checkpoint) keeps its latest row."""
+        if not self._read_header():
             return []
-        self._check_header()
+        extras = self.extra_columns
         by_step: dict[int, dict] = {}
         with open(self.csv_path, newline="") as f:
             for line in csv.DictReader(f):
                 row = {k: (float(line[k]) if line[k] != "" else None) for k in FIXED_COLUMNS}
                 row["step"] = int(row["step"])
                 row["widths"] = [int(line[name]) for name in self.group_names]
+                row["extra"] = {k: _value(line[k]) for k in extras}
                 by_step[row["step"]] = row
         return [by_step[k] for k in sorted(by_step)]
+
+    def _read_header(self) -> list[str]:
+        """The file's header, checked against this model's groups ([] when there is no file yet)."""
+        if not self.csv_path.exists() or self.csv_path.stat().st_size == 0:
+            return []
+        with open(self.csv_path, newline="") as f:
+            found = next(csv.reader(f), [])
+        n = len(self.group_names)
+        if found[: len(FIXED_COLUMNS)] != FIXED_COLUMNS or len(found) < len(FIXED_COLUMNS) + n or \
+                found[len(found) - n :] != self.group_names:  # fmt: skip
+            raise YoloPruneError(
+                f"{self.csv_path} was written for a different model or version; resume into the run folder it "
+                "belongs to or start a new run."
+            )
+        return found
+
+    def _add_columns(self, extras: list[str]) -> None:
+        """Rewrite the file with more evidence columns (earlier rows empty there), atomically."""
+        with open(self.csv_path, newline="") as f:
+            old = list(csv.DictReader(f))
+        header = FIXED_COLUMNS + extras + self.group_names
+        tmp = self.csv_path.with_name(f".{self.csv_path.name}.{os.getpid()}.tmp")
+        try:
+            with open(tmp, "w", newline="") as f:
+                writer = csv.writer(f)
+                writer.writerow(header)
+                writer.writerows([line.get(k, "") or "" for k in header] for line in old)
+            os.replace(tmp, self.csv_path)
+        finally:
+            tmp.unlink(missing_ok=True)
 
     def plot(self) -> Path:
         """Draw run_dir/prune_widths.png and return its path.
@@ -88,10 +136,14 @@ class PruneLog:
 
         rows = self.rows()
         n = len(self.group_names)
-        fig = Figure(figsize=(min(max(8.0, 0.16 * n + 2), 24.0), 10.0), layout="constrained")
-        top, middle, bottom = fig.subplots(3, 1, height_ratios=[3, 2, 1.5])
-        self._plot_widths(top, rows)
-        self._plot_steps(middle, bottom, rows)
+        evidence = [k for k in self.extra_columns if any(isinstance(r["extra"][k], float) for r in rows)]
+        panels, ratios = (4, [3, 2, 1.5, 1.5]) if evidence else (3, [3, 2, 1.5])
+        fig = Figure(figsize=(min(max(8.0, 0.16 * n + 2), 24.0), 10.0 + 2.5 * bool(evidence)), layout="constrained")
+        axes = fig.subplots(panels, 1, height_ratios=ratios)
+        self._plot_widths(axes[0], rows)
+        self._plot_steps(axes[1], axes[2], rows)
+        if evidence:
+            self._plot_evidence(axes[3], rows, evidence)
         self.run_dir.mkdir(parents=True, exist_ok=True)
         tmp = self.png_path.with_name(f".{self.png_path.name}.{os.getpid()}.tmp")
         try:
@@ -136,21 +188,40 @@ class PruneLog:
         churn.set_ylabel("channels per step")
         churn.legend(loc="upper right", fontsize=8)
 
-    def _check_header(self):
-        with open(self.csv_path, newline="") as f:
-            found = next(csv.reader(f), [])
-        if found != self.header:
-            raise YoloPruneError(
-                f"{self.csv_path} was written for a different model or version ({len(found) - len(FIXED_COLUMNS)} "
-                f"groups, expected {len(self.group_names)}); resume into the run folder it belongs to or start a new "
-                "run."
-            )
+    @staticmethod
+    def _plot_evidence(ax, rows, columns):
+        """The method's numeric evidence per step, each series scaled to its largest magnitude (shown in the label)."""
+        for key in columns:
+            pts = [(r["position"], r["extra"][key]) for r in rows if isinstance(r["extra"][key], float)]
+            top = max(abs(v) for _, v in pts) or 1.0
+            ax.plot([p for p, _ in pts], [v / top for _, v in pts], marker=".", linewidth=1.2,
+                    label=f"{key} (max {top:.3g})")  # fmt: skip
+        ax.set_xlabel("training position (epochs)")
+        ax.set_ylabel("method evidence (scaled)")
+        ax.legend(loc="upper right", fontsize=7)
 
 
 def _cell(value) -> str:
     if value is None:
         return ""
-    return str(int(value)) if isinstance(value, int) else f"{float(value):.6g}"
+    if isinstance(value, bool) or isinstance(value, int):
+        return str(int(value))
+    if isinstance(value, float):
+        return f"{value:.6g}"
+    try:
+        return f"{float(value):.6g}"  # numpy and torch scalars
+    except (TypeError, ValueError):
+        return str(value)
+
+
+def _value(text: str):
+    """A CSV cell back: None (empty), a float, or the text."""
+    if text == "":
+        return None
+    try:
+        return float(text)
+    except ValueError:
+        return text
 
 
 _TABLE_COLUMNS = [  # (key, header, format of the value)

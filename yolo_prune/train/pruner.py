@@ -1,14 +1,18 @@
-"""Pruning during training: keeps the masks exact across optimizer steps, EMA and resume.
+"""Pruning during training: runs the method's hooks at their points and keeps the masks exact across optimizer steps,
+EMA and resume.
 
 Masked channels have zero BN scale/shift in the model (see masks/mask.py), so the network trains *as* the light model.
 Their dense values live on as shadow copies that keep training (DPF-style): right before each optimizer step the
 shadows are put back into the masked rows, so the step updates them with the gradient the masked channel receives;
 right after, the new values are saved and the rows zeroed again. A regrown channel thus returns with trained values
-instead of stale ones. Optimizer moments of masked rows are zeroed, and the EMA copy is masked after its update.
+instead of stale ones. Optimizer moments of masked rows are zeroed. Both happen in torch's optimizer step pre/post
+hooks, so they run exactly around the real steps (AMP's scaler skips a step with inf gradients, hooks included);
+the EMA is updated after the post hook and so only ever averages zeros into masked rows.
 """
 
 from __future__ import annotations
 
+from collections import deque
 from contextlib import contextmanager
 from weakref import WeakKeyDictionary
 
@@ -16,42 +20,102 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..errors import YoloPruneError
 from ..graph.analyze import analyze
 from ..masks.budget import Budget
 from ..masks.mask import MaskSet
-from ..methods import get_method
+from ..methods import PruneContext, get_method
 from ..methods.schedule import PruneSettings, Schedule
 from .compensate import Compensation
 
 
-# Taylor terms are averaged over ~20 optimizer steps, across pruning steps: on a small dataset a step may come every
-# batch or two, and a score from one or two batches is mostly noise.
-TAYLOR_DECAY = 0.95
-
-
 class InTrainingPruner:
-    def __init__(self, model: nn.Module, settings: PruneSettings, epochs: int):
-        self.settings = settings
+    """The method, its schedule and context, the masks and their shadows, for one training model.
+
+    `loss(model, batches) -> float` (the trainer's detection loss) backs `ctx.loss` on the cached training batches.
+    """
+
+    def __init__(self, model: nn.Module, settings: PruneSettings, epochs: int, loss=None):
+        self.settings, self.model = settings, model
         self.graph = analyze(model, settings.imgsz)
         self.budget = Budget(self.graph, settings.round_to, settings.min_keep)
-        self.method = get_method(settings.method)(self.graph, self.budget)
+        self.method = get_method(settings.method)(self.graph, self.budget, settings.options)
         self.schedule = Schedule(settings, epochs)
         self.base_gflops = self.graph.gflops()
         self.masks = MaskSet(self.graph)
         self.steps_done = 0
+        self.stopped = False  # a method ended pruning early (on_epoch_end)
         self.norms = sorted({s.site.norm_name for s in self.graph.sites if s.site.norm_name})
         self.shadow = self._read_bn(model)
         self._rows_cache: WeakKeyDictionary = WeakKeyDictionary()
-        self._norms_cache: WeakKeyDictionary = WeakKeyDictionary()
-        self.taylor: dict[str, torch.Tensor] = {}  # per BN: moving average of (gamma*dL/dgamma + beta*dL/dbeta)^2
-        self.taylor_steps = 0  # optimizer steps averaged into `taylor` (for the bias correction)
         self.compensation = Compensation(self.graph) if settings.compensate else None
         self.images: torch.Tensor | None = None  # the latest training images (set by the trainer), for compensation
+        self.batches: deque = deque(maxlen=max(self.method.cache_batches, 0) or None)
+        self._loss = loss
+        self._stepped = False  # an optimizer step ran since the last batch end
+        self.ctx = PruneContext(
+            model=model,
+            graph=self.graph,
+            budget=self.budget,
+            masks=self.masks,
+            settings=settings,
+            base_gflops=self.base_gflops,
+            loss_fn=self.loss if loss is not None and self.method.cache_batches else None,
+        )
 
     @property
     def final(self) -> bool:
-        """True once the last pruning step ran: the architecture is fixed from here on."""
-        return self.steps_done >= len(self.schedule.positions)
+        """True once the last pruning step ran or the method ended pruning: the architecture is fixed from here on."""
+        return self.stopped or self.steps_done >= len(self.schedule.positions)
+
+    def context(self, **fields) -> PruneContext:
+        """The context, refreshed with the current state (and `fields` for this call)."""
+        c = self.ctx
+        c.masks, c.final, c.images, c.step, c.target_gflops = self.masks, self.final, self.images, None, None
+        c.progress = self.schedule.progress(self.steps_done - 1) if self.steps_done else 0.0
+        for k, v in fields.items():
+            setattr(c, k, v)
+        return c
+
+    # -- before training: setup, optimizer ----------------------------------------------------------------------------
+    def setup(self) -> None:
+        """The method's `setup`: the model exists, the optimizer and EMA do not."""
+        self.method.setup(self.context(ema=None, optimizer=None))
+
+    def attach_optimizer(self, optimizer: torch.optim.Optimizer) -> None:
+        """Right after the optimizer is built: the method's parameter groups, and the step hooks."""
+        self.ctx.optimizer = optimizer
+        for group in self.method.param_groups(self.context()):
+            optimizer.add_param_group(group)
+        optimizer.register_step_pre_hook(self._before_step)
+        optimizer.register_step_post_hook(self._after_step)
+
+    # -- around every optimizer step ----------------------------------------------------------------------------------
+    def _before_step(self, optimizer, args, kwargs) -> None:
+        """Gradients are final (unscaled, clipped): shadows in, then the method (it sees masked rows dense)."""
+        self.shadows_in(self.model)
+        self.method.before_optimizer_step(self.context(optimizer=optimizer))
+
+    @torch.no_grad()
+    def _after_step(self, optimizer, args, kwargs) -> None:
+        """Save the trained shadow rows, zero them again, zero their optimizer moments."""
+        for name, bn, dead in self._rows(self.model):
+            for param, shadow in zip((bn.weight, bn.bias), self.shadow[name]):
+                shadow[dead] = param[dead].to(shadow.dtype)
+                param[dead] = 0
+                for value in optimizer.state.get(param, {}).values():
+                    if torch.is_tensor(value) and value.shape == param.shape:
+                        value[dead] = 0
+        self._stepped = True
+
+    def batch_end(self, model: nn.Module, ema, position: float) -> dict | None:
+        """After each training batch: the method's after_optimizer_step if a step ran (the EMA is updated by now),
+        then the pruning step due at `position`, if any (what it did, for the log)."""
+        self.ctx.ema = ema
+        if self._stepped:
+            self._stepped = False
+            self.method.after_optimizer_step(self.context(position=position))
+        return self.maybe_step(model, ema, position)
 
     def _rows(self, model: nn.Module) -> list[tuple[str, nn.BatchNorm2d, torch.Tensor]]:
         """(name, BN, dead rows) of every BN with masked channels in `model`; cached until the masks change."""
@@ -64,75 +128,66 @@ class InTrainingPruner:
             self._rows_cache[model] = rows
         return rows
 
-    # -- around every optimizer step ----------------------------------------------------------------------------------
     @torch.no_grad()
-    def before_optimizer_step(self, model: nn.Module):
-        """Put the dense shadow values back into masked rows, so the optimizer step trains them too."""
+    def shadows_in(self, model: nn.Module) -> None:
+        """Put the dense shadow values back into masked rows (the optimizer step then trains them too)."""
         for name, bn, dead in self._rows(model):
             bn.weight[dead] = self.shadow[name][0][dead].to(bn.weight.dtype)
             bn.bias[dead] = self.shadow[name][1][dead].to(bn.bias.dtype)
 
-    @torch.no_grad()
-    def observe_gradients(self, model: nn.Module):
-        """Add this step's Taylor terms; call after AMP unscaling and with the shadow values in (masked rows too)."""
-        if self.final:
-            return
-        norms = self._norms_cache.get(model)
-        if norms is None:
-            modules = dict(model.named_modules())
-            norms = self._norms_cache[model] = [(n, modules[n]) for n in self.norms]
-        for name, bn in norms:
-            if bn.weight.grad is None or bn.bias.grad is None:
-                continue
-            term = (bn.weight * bn.weight.grad + bn.bias * bn.bias.grad).float() ** 2
-            previous = self.taylor.get(name, torch.zeros_like(term))
-            self.taylor[name] = TAYLOR_DECAY * previous + (1 - TAYLOR_DECAY) * term
-        self.taylor_steps += 1
-
-    @torch.no_grad()
-    def after_optimizer_step(self, model: nn.Module, optimizer: torch.optim.Optimizer, ema=None):
-        """Save the trained shadow rows, zero them again, zero their optimizer moments, mask the EMA."""
-        for name, bn, dead in self._rows(model):
-            for param, shadow in zip((bn.weight, bn.bias), self.shadow[name]):
-                shadow[dead] = param[dead].to(shadow.dtype)
-                param[dead] = 0
-                for value in optimizer.state.get(param, {}).values():
-                    if torch.is_tensor(value) and value.shape == param.shape:
-                        value[dead] = 0
-        if ema is not None:
-            for _, bn, dead in self._rows(ema.ema):
-                bn.weight[dead] = 0
-                bn.bias[dead] = 0
-
     # -- pruning steps ------------------------------------------------------------------------------------------------
     def maybe_step(self, model: nn.Module, ema, position: float) -> dict | None:
         """Run the pruning step due at `position` (in epochs), if any: what it did (for the log), else None."""
-        k = self.schedule.due(position, self.steps_done)
+        k = None if self.final else self.schedule.due(position, self.steps_done)
         if k is None:
             return None
         target = self.base_gflops * (1 - self.schedule.cut(k))
-        if self.taylor_steps:  # otherwise (no step yet) the methods fall back to the data-free criterion
-            correction = 1 - TAYLOR_DECAY**self.taylor_steps  # unbiased while the average is still filling
-            self.method.sensitivity = {n: (t / correction).double().cpu().numpy() for n, t in self.taylor.items()}
         old = self.masks.masks
+        ctx = self.context(position=position, step=k, target_gflops=target, progress=self.schedule.progress(k))
         with self._dense(model):  # score on dense values: masked channels compete for regrowth
-            new = _broadcast(self.method.prune_step(model, self.masks, target, self.schedule.progress(k)).masks)
+            new = _broadcast(self.method.prune_step(ctx).masks)
+        compensated = self._switch(new, model, ema)
+        self.steps_done = k + 1
+        return {"step": k, "target_gflops": target, "compensated": compensated, **_changes(old, self.masks.masks),
+                "extra": self._take_logged()}  # fmt: skip
+
+    def epoch_end(self, model: nn.Module, ema, metrics: dict | None, position: float) -> dict | None:
+        """The method's on_epoch_end; if it ends pruning, the masks are final from here on (what changed, for the
+        log, when it also chose other masks)."""
+        result = self.method.on_epoch_end(self.context(metrics=metrics, position=position))
+        result = _broadcast(result.masks if isinstance(result, MaskSet) else bool(result))
+        if self.final or result is False:
+            return None
+        self.stopped = True
+        if result is True:
+            return None
+        old = self.masks.masks
+        compensated = self._switch(result, model, ema)
+        return {"step": self.steps_done, "target_gflops": self.masks.gflops(), "compensated": compensated,
+                **_changes(old, self.masks.masks), "extra": self._take_logged()}  # fmt: skip
+
+    def _take_logged(self) -> dict:
+        logged = dict(self.ctx.logged)
+        self.ctx.logged.clear()
+        return logged
+
+    def _switch(self, new: dict[str, np.ndarray], model: nn.Module, ema) -> int:
+        """Move to new masks (compensating the convs that lose inputs when on); returns the convs compensated."""
         compensated = 0
         if self.compensation is not None:  # statistics of the still-masked model, for the convs that lose inputs
-            alive = (self.graph.alive_components(old), self.graph.alive_components(new))
+            alive = (self.graph.alive_components(self.masks.masks), self.graph.alive_components(new))
             stats = self.compensation.statistics(model, self.images, self.compensation.losing(*alive))
             models = [model] + ([ema.ema] if ema is not None else [])
             compensated = self.compensation.step(models, stats, *alive)
         self.set_masks(new, model, ema)
-        self.steps_done = k + 1
-        return {"step": k, "target_gflops": target, "compensated": compensated, **_changes(old, self.masks.masks)}
+        return compensated
 
     @torch.no_grad()
     def set_masks(self, masks: dict[str, np.ndarray], model: nn.Module, ema=None):
         """Switch to new masks: newly masked rows are zeroed, regrown rows get their shadow values back."""
-        self.before_optimizer_step(model)  # all rows dense
+        self.shadows_in(model)  # all rows dense
         if ema is not None:  # regrown rows of the EMA start from the trained shadow values, not from zero
-            self.before_optimizer_step(ema.ema)
+            self.shadows_in(ema.ema)
         self.shadow = self._read_bn(model)
         self.masks = MaskSet(self.graph, masks)
         self._rows_cache = WeakKeyDictionary()
@@ -142,11 +197,49 @@ class InTrainingPruner:
 
     @contextmanager
     def _dense(self, model):
-        self.before_optimizer_step(model)
+        self.shadows_in(model)
         try:
             yield
         finally:
             self.masks.apply(model)
+
+    # -- end of the run -----------------------------------------------------------------------------------------------
+    def finish(self, model: nn.Module, masks: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """The method's `finish` on a checkpoint's model (before slimming); merges the clusters it returns."""
+        ctx = self.context(model=model, masks=MaskSet(self.graph, masks), ema=None, optimizer=None)
+        try:
+            clusters = self.method.finish(ctx)
+        finally:
+            ctx.model = self.model
+        if not clusters:
+            return masks
+        return merge(model, self.graph, MaskSet(self.graph, masks), clusters, self.settings.method).masks
+
+    # -- ctx.loss -----------------------------------------------------------------------------------------------------
+    def cache(self, batch: dict) -> None:
+        """Keep a preprocessed training batch (on CPU, images as uint8: exact, 4x smaller) for ctx.loss."""
+        if self.batches.maxlen:
+            kept = {k: v.detach().to("cpu", non_blocking=True) for k, v in batch.items() if torch.is_tensor(v)}
+            kept["img"] = (batch["img"].detach() * 255).round().to("cpu", torch.uint8)
+            self.batches.append(kept)
+
+    @torch.no_grad()
+    def loss(self, masks: MaskSet | None = None, batches: int | None = None) -> float:
+        """The trainer's detection loss on the cached batches with `masks` (default: the current ones) applied;
+        every BN value is put back exactly afterwards."""
+        cached = list(self.batches)[-batches:] if batches else list(self.batches)
+        if not cached:
+            raise YoloPruneError("ctx.loss was called before any training batch was cached.")
+        modules = dict(self.model.named_modules())
+        saved = {n: (modules[n].weight.detach().clone(), modules[n].bias.detach().clone()) for n in self.norms}
+        try:
+            self.shadows_in(self.model)
+            (masks or self.masks).apply(self.model)
+            return self._loss(self.model, cached)
+        finally:
+            for n, (w, b) in saved.items():
+                modules[n].weight.copy_(w)
+                modules[n].bias.copy_(b)
 
     # -- bookkeeping --------------------------------------------------------------------------------------------------
     def _read_bn(self, model) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
@@ -162,22 +255,17 @@ class InTrainingPruner:
             "settings": self.settings.to_dict(),
             "masks": self.masks.state_dict(),
             "steps_done": self.steps_done,
+            "stopped": self.stopped,
             "shadow": {k: (w.cpu().clone(), b.cpu().clone()) for k, (w, b) in self.shadow.items()},
             "method": self.method.state_dict(),
-            "sensitivity": self.method.sensitivity,
-            "taylor": {k: v.cpu().clone() for k, v in self.taylor.items()},
-            "taylor_steps": self.taylor_steps,
             "compensation": self.compensation.state_dict() if self.compensation is not None else None,
         }
 
     def load_state_dict(self, state: dict, model: nn.Module, ema=None):
         self.shadow = {k: (w.float(), b.float()) for k, (w, b) in state["shadow"].items()}
         self.steps_done = int(state["steps_done"])
+        self.stopped = bool(state.get("stopped", False))
         self.method.load_state_dict(state.get("method", {}))
-        self.method.sensitivity = state.get("sensitivity")
-        device = next(model.parameters()).device
-        self.taylor = {k: v.to(device) for k, v in state.get("taylor", {}).items()}
-        self.taylor_steps = int(state.get("taylor_steps", 0))
         if self.compensation is not None and state.get("compensation") is not None:
             self.compensation.load_state_dict(state["compensation"])
         self.masks = MaskSet.from_state_dict(self.graph, state["masks"])
@@ -185,6 +273,18 @@ class InTrainingPruner:
         self.masks.apply(model)
         if ema is not None:
             self.masks.apply(ema.ema)
+
+
+def merge(model: nn.Module, graph, masks: MaskSet, clusters: dict, method: str) -> MaskSet:
+    """The merge engine (slim/merge.py): each cluster becomes its first channel, the others are masked, exactly."""
+    try:
+        from ..slim.merge import merge_clusters
+    except ModuleNotFoundError as e:
+        if e.name != "yolo_prune.slim.merge":
+            raise
+        raise YoloPruneError(f"Method '{method}' returned channel clusters to merge, but this yolo-prune has no merge "
+                             "engine (yolo_prune/slim/merge.py); update yolo-prune.") from None  # fmt: skip
+    return merge_clusters(model, graph, masks, clusters)
 
 
 def _changes(old: dict[str, np.ndarray], new: dict[str, np.ndarray]) -> dict[str, int]:
@@ -195,10 +295,10 @@ def _changes(old: dict[str, np.ndarray], new: dict[str, np.ndarray]) -> dict[str
             "changed": sum(min(pruned[k], regrown[k]) for k in new)}  # fmt: skip
 
 
-def _broadcast(masks: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """Make every DDP rank use rank 0's masks (they already agree when weights are in sync; this guarantees it)."""
+def _broadcast(value):
+    """Make every DDP rank use rank 0's decision (masks agree when weights are in sync; this guarantees it)."""
     if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
-        return masks
-    payload = [masks]
+        return value
+    payload = [value]
     torch.distributed.broadcast_object_list(payload, src=0)
     return payload[0]

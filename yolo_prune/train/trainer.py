@@ -1,15 +1,21 @@
 """PruneTrainer: Ultralytics' DetectionTrainer that prunes while it trains, in one run, ending with a slim model.
 
-Integration is by subclassing only:
+Integration through public trainer methods, Ultralytics callbacks and torch's optimizer hooks only:
 - `get_model` never rebuilds a given model from its YAML (the trap that silently re-widens pruned models);
-- `optimizer_step` wraps the stock step: shadow values in, step, shadows saved, masks re-applied, moments zeroed,
-  EMA masked;
-- a batch-end callback runs the pruning steps of the schedule and logs each one (prune_log.csv);
+- `set_model_attributes` (the model exists; optimizer and EMA do not) builds the pruner and runs the method's
+  `setup`; `build_optimizer` adds the method's parameter groups and the optimizer step pre/post hooks (shadow values
+  in, the method's `before_optimizer_step`, step, shadows saved, masks re-applied, moments zeroed);
+- `on_pretrain_routine_end` (everything built, Ultralytics' resume done): distillation, exact resume state, prune log;
+- `on_train_batch_end`: the method's `after_optimizer_step` after a step (the EMA is updated by then), the pruning
+  steps of the schedule, one prune_log.csv row each;
+- `validate`: the method's `on_epoch_end` with the metrics, and only epochs with the final architecture compete for
+  best.pt;
 - `save_model` stashes the pruning state (and the exact fp32 training state, for bit-exact resume) on the EMA module
-  that Ultralytics pickles into last.pt; `resume_training` reads it back;
-- `validate` only lets epochs with the final architecture compete for best.pt;
-- `final_eval` rewrites last.pt and best.pt as physically slim models before Ultralytics validates best.pt.
-DDP children rebuild the trainer from its module path; the prune settings reach them through $YOLO_PRUNE_SETTINGS.
+  that Ultralytics pickles into last.pt; `setup_model` reads it back on resume;
+- `final_eval` runs the method's `finish` and rewrites last.pt and best.pt as physically slim models before
+  Ultralytics validates best.pt.
+Where this relies on Ultralytics' order of calls, tests/train/test_hooks.py pins it. DDP children rebuild the trainer
+from its module path; the prune settings reach them through $YOLO_PRUNE_SETTINGS.
 """
 
 from __future__ import annotations
@@ -25,10 +31,13 @@ from ultralytics.utils import DEFAULT_CFG, LOGGER, RANK
 from ultralytics.utils.torch_utils import unwrap_model
 
 from ..checkpoint import STATE_ATTR, pack_numpy, unpack_numpy
-from ..methods.schedule import PruneSettings
+from ..errors import YoloPruneError
 from ..nn.build import load_model
+from ..settings import PruneSettings
 from . import resume
-from .distill import FeatureDistillation
+from .distill import DistilledCriterion, FeatureDistillation
+from .finalize import slim_checkpoint
+from .log import PruneLog
 from .pruner import InTrainingPruner
 
 SETTINGS_ENV = "YOLO_PRUNE_SETTINGS"
@@ -50,10 +59,13 @@ class PruneTrainer(DetectionTrainer):
         self.prune_log = None
         self._resume_state = None
         self._batch = 0
+        self._epoch_end_seen = -1  # the last epoch whose end the method was told about
         self.cadence = resume.Cadence()  # where the optimizer steps, for an exact resume
         self._losses: list[tuple[float, float | None]] = []  # (loss, kd_loss) per batch since the last pruning step
+        self.add_callback("on_pretrain_routine_end", _on_pretrain_routine_end)
         self.add_callback("on_train_epoch_start", _on_epoch_start)
         self.add_callback("on_train_batch_end", _on_batch_end)
+        self.add_callback("on_fit_epoch_end", _on_fit_epoch_end)
         self.add_callback("on_train_epoch_start", resume.on_epoch_start)
         self.add_callback("on_train_batch_end", resume.on_batch_end)
 
@@ -65,8 +77,6 @@ class PruneTrainer(DetectionTrainer):
             model = weights
             nc = getattr(model.model[-1], "nc", None)
             if nc != self.data["nc"]:
-                from ..errors import YoloPruneError
-
                 raise YoloPruneError(
                     f"The checkpoint predicts {nc} classes but the dataset has {self.data['nc']}; a pruned "
                     "model cannot be rebuilt for another class count. Use a dataset with the same classes."
@@ -91,8 +101,17 @@ class PruneTrainer(DetectionTrainer):
             cfg = weights.yaml
         if pretrained and not self.resume:
             weights, _ = _read_weights(pretrained)
+        if ckpt is not None and self.resume:
+            self._read_resume_state(ckpt)
         self.model = self.get_model(cfg=cfg, weights=weights, verbose=RANK in {-1, 0})
         return ckpt
+
+    def _read_resume_state(self, ckpt: dict):
+        """The pruning state stashed in last.pt; the run's settings (method options included) come back from it."""
+        self._resume_state = unpack_numpy(getattr(ckpt.get("ema"), STATE_ATTR, None))
+        if self._resume_state is not None and "pruner" in self._resume_state:
+            self.prune_settings = PruneSettings(**self._resume_state["pruner"]["settings"]).validate()
+            os.environ[SETTINGS_ENV] = json.dumps(self.prune_settings.to_dict())
 
     # -- setup and resume ---------------------------------------------------------------------------------------------
     def check_resume(self, overrides):
@@ -107,21 +126,35 @@ class PruneTrainer(DetectionTrainer):
         with ultralytics_loads(path):
             super().check_resume(overrides)
 
-    def _setup_train(self):
-        super()._setup_train()
-        model = unwrap_model(self.model)
-        self._setup_distillation(model)
+    def set_model_attributes(self):
+        """Ultralytics' hook for the model before compile, DDP, optimizer and EMA: the pruner and the method's setup."""
+        super().set_model_attributes()
         if not self.prune_settings.flops:
             return
         if self.prune_settings.compensate is None:  # resolved once; a resumed run reads it back from last.pt
             self.prune_settings.compensate = self._from_weights
-        self.pruner = InTrainingPruner(model, self.prune_settings, self.epochs)
-        model.register_forward_pre_hook(self._keep_images)
+        model = unwrap_model(self.model)
+        self.pruner = InTrainingPruner(model, self.prune_settings, self.epochs, loss=detection_loss)
+        self.pruner.setup()
+
+    def build_optimizer(self, model, *args, **kwargs):
+        """Ultralytics' optimizer, plus the method's parameter groups and the pruner's step hooks."""
+        optimizer = super().build_optimizer(model, *args, **kwargs)
+        if self.pruner is not None:
+            self.pruner.attach_optimizer(optimizer)
+        return optimizer
+
+    def _after_setup(self):
+        """Everything is built and Ultralytics' own resume is done (on_pretrain_routine_end)."""
+        self._setup_distillation(unwrap_model(self.model))
+        if self.pruner is None:
+            return
+        model = unwrap_model(self.model)
+        model.register_forward_pre_hook(self._keep_images)  # after the EMA copy: the hook must not be pickled
+        self.pruner.ctx.ema = self.ema
         if self._resume_state is not None:
             self._restore_exact_state(self._resume_state)
         if RANK in {-1, 0}:
-            from .log import PruneLog
-
             g = self.pruner.graph
             self.prune_log = PruneLog(self.save_dir, [x.name for x in g.groups], [x.width for x in g.groups],
                                       self.pruner.base_gflops)  # fmt: skip
@@ -154,14 +187,6 @@ class PruneTrainer(DetectionTrainer):
         self.distill.attach(model)
         LOGGER.info(f"yolo-prune: distilling from the dense starting model (weight {weight:g}; --distill 0 disables)")
 
-    def resume_training(self, ckpt):
-        super().resume_training(ckpt)
-        if ckpt is not None and self.resume:
-            self._resume_state = unpack_numpy(getattr(ckpt.get("ema"), STATE_ATTR, None))
-            if self._resume_state is not None and "pruner" in self._resume_state:
-                self.prune_settings = PruneSettings(**self._resume_state["pruner"]["settings"]).validate()
-                os.environ[SETTINGS_ENV] = json.dumps(self.prune_settings.to_dict())
-
     def _keep_images(self, _model, args):
         """The trainer calls the model with its batch dict: the pruner keeps the latest images for compensation."""
         if isinstance(args[0], dict) and self.pruner is not None:
@@ -179,30 +204,27 @@ class PruneTrainer(DetectionTrainer):
     def preprocess_batch(self, batch):
         batch = super().preprocess_batch(batch)
         resume.align_step(self)  # runs after Ultralytics' warm-up set `accumulate`, before it decides to step
+        if self.pruner is not None:
+            self.pruner.cache(batch)  # for ctx.loss (only when the method asks for cached batches)
         return batch
-
-    def optimizer_step(self):
-        """The stock step (unscale, clip, step, update, zero_grad, EMA) with the pruner's work in between."""
-        if self.pruner is None:
-            return super().optimizer_step()
-        model = unwrap_model(self.model)
-        self.scaler.unscale_(self.optimizer)  # gradients are read only once unscaled (AMP)
-        self.pruner.before_optimizer_step(model)  # shadow values in: masked rows train and are scored as if present
-        self.pruner.observe_gradients(model)
-        torch.nn.utils.clip_grad_norm_(self.model.parameters(), max_norm=10.0)
-        self.scaler.step(self.optimizer)
-        self.scaler.update()
-        self.optimizer.zero_grad()
-        if self.ema:
-            self.ema.update(self.model)
-        self.pruner.after_optimizer_step(model, self.optimizer, self.ema)
 
     # -- checkpoints and validation -----------------------------------------------------------------------------------
     def validate(self):
+        """Ultralytics' validation; then the method's on_epoch_end with the metrics. Only epochs with the final
+        architecture take part in Ultralytics' best-fitness bookkeeping (which decides best.pt)."""
+        best_so_far = self.best_fitness
         metrics, fitness = super().validate()
-        if self.pruner is not None and not self.pruner.final:
-            self.best_fitness = None  # best.pt only from epochs with the final architecture
+        if self.pruner is not None:
+            self._epoch_end(metrics)
+            if not self.pruner.final:
+                self.best_fitness = best_so_far  # a step still to come changes the architecture: no best.pt yet
         return metrics, fitness
+
+    def _epoch_end(self, metrics):
+        self._epoch_end_seen = self.epoch
+        done = self.pruner.epoch_end(unwrap_model(self.model), self.ema, metrics, self.epoch + 1)
+        if done is not None and self.prune_log is not None:
+            _log_step(self, done, self.epoch + 1)
 
     def save_model(self):
         if self.pruner is None and self.distill is None:
@@ -229,14 +251,13 @@ class PruneTrainer(DetectionTrainer):
             return super().save_model()
 
     def final_eval(self):
+        self._epoch_end_seen = self.epochs  # Ultralytics runs on_fit_epoch_end once more after the final validation
         if self.distill is not None:
             self.distill.remove()
         if (self.pruner is not None or self.distill is not None) and RANK in {-1, 0}:
-            from .finalize import slim_checkpoint
-
             for path in (self.last, self.best):
                 if path.exists():
-                    slim_checkpoint(path, self.pruner.graph if self.pruner is not None else None)
+                    slim_checkpoint(path, *((self.pruner.graph, self.pruner.finish) if self.pruner else (None, None)))
             if self.prune_log is not None:
                 self.prune_log.plot()
         with resume.staged_weights(self, copy_existing=True):  # Ultralytics strips last.pt and best.pt in place
@@ -250,6 +271,31 @@ def _read_weights(path) -> tuple[torch.nn.Module, dict | None]:
     if importer.is_foreign(path):
         return load_model(path), None
     return load_checkpoint(path)
+
+
+@torch.no_grad()
+def detection_loss(model: torch.nn.Module, batches: list[dict]) -> float:
+    """Mean detection loss per image on cached batches (images as uint8): Ultralytics' criterion, eval mode.
+
+    The stock criterion only: distillation's term measures closeness to the teacher, not detection.
+    """
+    criterion = model.criterion if getattr(model, "criterion", None) is not None else model.init_criterion()
+    if isinstance(criterion, DistilledCriterion):
+        criterion = criterion.base
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    total, images = 0.0, 0
+    try:
+        for cached in batches:
+            batch = {k: v.to(device) for k, v in cached.items()}
+            batch["img"] = batch["img"].float() / 255
+            loss, _ = criterion(model(batch["img"]), batch)
+            total += float(loss.sum())
+            images += batch["img"].shape[0]
+    finally:
+        model.train(was_training)
+    return total / max(images, 1)
 
 
 MIN_OPTIMIZER_STEPS_PER_EPOCH = 16
@@ -276,6 +322,10 @@ def _on_epoch_start(trainer: PruneTrainer):
         trainer._resume_state = None
 
 
+def _on_pretrain_routine_end(trainer: PruneTrainer):
+    trainer._after_setup()
+
+
 def _on_batch_end(trainer: PruneTrainer):
     trainer._batch += 1
     if trainer.pruner is None:
@@ -283,9 +333,15 @@ def _on_batch_end(trainer: PruneTrainer):
     items = {k: float(v) for k, v in (trainer.loss_items or {}).items()}
     trainer._losses.append((sum(v for k, v in items.items() if k != "kd_loss"), items.get("kd_loss")))
     position = trainer.epoch + trainer._batch / len(trainer.train_loader)
-    done = trainer.pruner.maybe_step(unwrap_model(trainer.model), trainer.ema, position)
+    done = trainer.pruner.batch_end(unwrap_model(trainer.model), trainer.ema, position)
     if done is not None and trainer.prune_log is not None:
         _log_step(trainer, done, position)
+
+
+def _on_fit_epoch_end(trainer: PruneTrainer):
+    """An epoch without validation (val=False) still ends for the method, after its checkpoint (metrics None)."""
+    if trainer.pruner is not None and trainer._epoch_end_seen < trainer.epoch:
+        trainer._epoch_end(None)
 
 
 def _log_step(trainer: PruneTrainer, done: dict, position: float):
@@ -295,5 +351,5 @@ def _log_step(trainer: PruneTrainer, done: dict, position: float):
            "params": p.graph.params(unwrap_model(trainer.model), p.masks.masks),
            "loss": sum(x for x, _ in losses) / len(losses) if losses else None,
            "kd_loss": sum(kd) / len(kd) if kd else None}  # fmt: skip
-    trainer.prune_log.record(row, p.widths())
+    trainer.prune_log.record(row, p.widths(), extra=row.pop("extra", None))
     trainer._losses = []
