@@ -11,9 +11,11 @@ from torch import nn
 from ultralytics.engine.trainer import BaseTrainer
 from ultralytics.utils.torch_utils import unwrap_model
 
+from yolo_prune.masks.clusters import ClusterCentres
 from yolo_prune.methods import base as registry
 from yolo_prune.methods.base import PruningMethod
 from yolo_prune.methods.criteria import FoldedL1
+from yolo_prune.safe_load import load
 from yolo_prune.settings import PruneSettings
 from yolo_prune.train.log import PruneLog
 from yolo_prune.train.trainer import PruneTrainer
@@ -95,7 +97,9 @@ class Probe(PruningMethod):
         group = ctx.graph.groups[0]
         assert dict(ctx.model.named_modules())[group.members[0]].weight.shape[0] == group.width  # not slim yet
         self.calls["finish"] += 1
-        return None
+        alive = np.flatnonzero(ctx.masks.masks[group.name])[:2].tolist()
+        ClusterCentres(ctx.graph, {group.name: [alive]}).pull(ctx.model, 1.0)  # make them identical, then merge
+        return {group.name: [alive]}
 
     def state_dict(self):
         return {"calls": dict(self.calls)}
@@ -125,6 +129,9 @@ def test_every_hook_is_called_at_its_point(probe_run):
     assert calls["prune_step"] == len(probe_run.pruner.schedule.positions)
     assert calls["epoch_end"] == RUN["epochs"]
     assert calls["finish"] == 2  # last.pt and best.pt
+    first = probe_run.pruner.graph.groups[0].name  # finish merged two of its alive channels into one
+    for path in (probe_run.last, probe_run.best):
+        assert load(path)["yolo_prune"]["widths"][first] == int(probe_run.pruner.masks.masks[first].sum()) - 1
     group = next(g for g in probe_run.optimizer.param_groups if any(p is method.extra for p in g["params"]))
     assert group["initial_lr"] == 0.123 and not torch.equal(method.extra.detach(), torch.ones(3))  # it trained
 

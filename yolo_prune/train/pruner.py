@@ -26,6 +26,7 @@ from ..masks.budget import Budget
 from ..masks.mask import MaskSet
 from ..methods import PruneContext, get_method
 from ..methods.schedule import PruneSettings, Schedule
+from ..slim.merge import merge_clusters
 from .compensate import Compensation
 
 
@@ -205,7 +206,8 @@ class InTrainingPruner:
 
     # -- end of the run -----------------------------------------------------------------------------------------------
     def finish(self, model: nn.Module, masks: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        """The method's `finish` on a checkpoint's model (before slimming); merges the clusters it returns."""
+        """The method's `finish` on a checkpoint's model (before slimming); merges the clusters it returns exactly
+        (slim/merge.py: each cluster becomes its first channel, the consumers' input weights of the others summed)."""
         ctx = self.context(model=model, masks=MaskSet(self.graph, masks), ema=None, optimizer=None)
         try:
             clusters = self.method.finish(ctx)
@@ -213,7 +215,7 @@ class InTrainingPruner:
             ctx.model = self.model
         if not clusters:
             return masks
-        return merge(model, self.graph, MaskSet(self.graph, masks), clusters, self.settings.method).masks
+        return merge_clusters(model, self.graph, MaskSet(self.graph, masks), clusters).masks
 
     # -- ctx.loss -----------------------------------------------------------------------------------------------------
     def cache(self, batch: dict) -> None:
@@ -273,18 +275,6 @@ class InTrainingPruner:
         self.masks.apply(model)
         if ema is not None:
             self.masks.apply(ema.ema)
-
-
-def merge(model: nn.Module, graph, masks: MaskSet, clusters: dict, method: str) -> MaskSet:
-    """The merge engine (slim/merge.py): each cluster becomes its first channel, the others are masked, exactly."""
-    try:
-        from ..slim.merge import merge_clusters
-    except ModuleNotFoundError as e:
-        if e.name != "yolo_prune.slim.merge":
-            raise
-        raise YoloPruneError(f"Method '{method}' returned channel clusters to merge, but this yolo-prune has no merge "
-                             "engine (yolo_prune/slim/merge.py); update yolo-prune.") from None  # fmt: skip
-    return merge_clusters(model, graph, masks, clusters)
 
 
 def _changes(old: dict[str, np.ndarray], new: dict[str, np.ndarray]) -> dict[str, int]:
