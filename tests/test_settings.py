@@ -10,7 +10,8 @@ from yolo_prune import api
 from yolo_prune.cli import _build_parser, main
 from yolo_prune.errors import YoloPruneError
 from yolo_prune.methods import get_method, list_methods
-from yolo_prune.settings import TRAIN_RENAME, PruneSettings, add_flags, flag_name, given_flags, setting, split_keywords
+from yolo_prune.methods.settings import TRAIN_RENAME, PruneSettings, split_keywords
+from yolo_prune.options import add_flags, flag_name, given_flags, setting
 
 
 def flags_of(command: str) -> set[str]:

@@ -75,7 +75,7 @@ def test_top_level_train_even_after_the_train_subpackage_is_imported(coco8_yaml,
     import yolo_prune.train.trainer  # noqa: F401  (binds the subpackage as yolo_prune.train: it stays callable)
 
     result = yolo_prune.train(cfg="yolov8n.yaml", flops=0.2, data=str(coco8_yaml), epochs=1, val=False,
-                              project=str(tmp_path), name="t", prune_args=SCHEDULE, **TINY)  # fmt: skip
+                              project=str(tmp_path), name="t", **SCHEDULE, **TINY)  # fmt: skip
     assert [r["model"] for r in result["rows"]] == ["base", "slim"]
     base, slim = (r["gflops"] for r in result["rows"])
     assert 1 - slim / base == pytest.approx(0.2, abs=0.005)

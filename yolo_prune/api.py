@@ -75,8 +75,8 @@ def prune(model, flops: float, method: str = "l1", out=None, **settings) -> Prun
     from .graph.analyze import analyze
     from .masks.budget import Budget
     from .methods import PruneContext, get_method
+    from .methods.settings import PruneSettings, split_keywords
     from .nn.build import load_model
-    from .settings import PruneSettings, split_keywords
     from .slim.slim import slim
 
     _check_flops(flops)
@@ -190,7 +190,7 @@ def train(cfg=None, data=None, weights=None, **kwargs) -> dict:
     Returns:
         dict with `best`, `last` checkpoint paths, `save_dir` and the summary `rows` (base and slim).
     """
-    from .settings import TRAIN_RENAME, PruneSettings, split_keywords
+    from .methods.settings import TRAIN_RENAME, PruneSettings, split_keywords
     from .train.run import run_training
 
     fields, options, overrides = split_keywords(kwargs, TRAIN_RENAME)

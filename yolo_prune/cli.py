@@ -22,7 +22,7 @@ def _model_arg(p, flag="--model", required=True, **kw):
 def _method_flags(p, one_shot: bool) -> None:
     """The options of every method the command runs, one flag group per method (generated from its dataclass)."""
     from .methods import get_method, list_methods
-    from .settings import add_flags
+    from .options import add_flags
 
     for key in list_methods(one_shot=one_shot):
         if fields(get_method(key).Options):
@@ -31,7 +31,7 @@ def _method_flags(p, one_shot: bool) -> None:
 
 def _given_options(args, one_shot: bool) -> dict:
     from .methods import get_method, list_methods
-    from .settings import given_flags
+    from .options import given_flags
 
     given = {}
     for key in list_methods(one_shot=one_shot):
@@ -41,7 +41,8 @@ def _given_options(args, one_shot: bool) -> dict:
 
 def _build_parser() -> argparse.ArgumentParser:
     from .methods import list_methods
-    from .settings import TRAIN_RENAME, PruneSettings, add_flags
+    from .methods.settings import TRAIN_RENAME, PruneSettings
+    from .options import add_flags
 
     parser = argparse.ArgumentParser(prog="yolo-prune", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -151,7 +152,8 @@ def _dispatch(args):
     from . import api
 
     if args.command == "prune":
-        from .settings import PruneSettings, given_flags
+        from .methods.settings import PruneSettings
+        from .options import given_flags
 
         settings = given_flags(args, PruneSettings, only=ONE_SHOT_SETTINGS)
         report = api.prune(args.model, flops=args.flops, method=args.method, out=args.out, **settings,
@@ -187,7 +189,8 @@ def _train_kwargs(args) -> dict:
             raise YoloPruneError(f"Extra train argument '{item}' is not key=value (e.g. lr0=0.01).")
         key, value = item.split("=", 1)
         extra[key] = _parse_value(value)
-    from .settings import TRAIN_RENAME, PruneSettings, given_flags
+    from .methods.settings import TRAIN_RENAME, PruneSettings
+    from .options import given_flags
 
     named = {k: getattr(args, k) for k in ("epochs", "imgsz", "batch", "device", "project", "name", "resume")}
     settings = {TRAIN_RENAME.get(k, k): v for k, v in given_flags(args, PruneSettings, TRAIN_RENAME).items()}

@@ -12,8 +12,8 @@ from ultralytics.utils.torch_utils import get_flops
 
 from yolo_prune.methods import get_method, list_methods
 from yolo_prune.methods.base import option_owners
+from yolo_prune.methods.settings import PruneSettings
 from yolo_prune.safe_load import load
-from yolo_prune.settings import PruneSettings
 from yolo_prune.slim.slim import slim
 from yolo_prune.train.finalize import STATE_ATTR
 from yolo_prune.train.trainer import PruneTrainer

@@ -3,7 +3,7 @@
 import pytest
 
 from yolo_prune.methods.schedule import Schedule
-from yolo_prune.settings import PruneSettings
+from yolo_prune.methods.settings import PruneSettings
 
 
 def schedule(epochs=10, **kw):

@@ -15,8 +15,8 @@ from yolo_prune.masks.clusters import ClusterCentres
 from yolo_prune.methods import base as registry
 from yolo_prune.methods.base import PruningMethod
 from yolo_prune.methods.criteria import FoldedL1
+from yolo_prune.methods.settings import PruneSettings
 from yolo_prune.safe_load import load
-from yolo_prune.settings import PruneSettings
 from yolo_prune.train.log import PruneLog
 from yolo_prune.train.trainer import PruneTrainer
 

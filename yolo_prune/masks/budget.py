@@ -14,15 +14,16 @@ import numpy as np
 
 from ..errors import YoloPruneError
 from ..graph.analyze import ChannelGraph
-from ..settings import PruneSettings
+
+ROUND_TO = 8  # kept widths are multiples of this by default (TensorRT FP16 kernels want multiples of 8)
+MIN_KEEP = 0.25  # by default no group keeps less than this fraction of its width
 
 
 class Budget:
     """Precomputed coupling between groups and conv sites, for fast incremental FLOPs while allocating."""
 
-    def __init__(self, graph: ChannelGraph, round_to: int = PruneSettings.round_to,
-                 min_keep: float = PruneSettings.min_keep):  # fmt: skip
-        """`round_to` and `min_keep` as validated by PruneSettings (whose defaults they are)."""
+    def __init__(self, graph: ChannelGraph, round_to: int = ROUND_TO, min_keep: float = MIN_KEEP):
+        """`round_to` and `min_keep` as validated by PruneSettings (--round-to, --min-keep; these are its defaults)."""
         self.graph, self.round_to = graph, round_to
         self.floors = {g.gid: self._floor(g.width, min_keep) for g in graph.groups}
         # per group: the sites whose input or output channels it owns, with per-channel occurrence counts

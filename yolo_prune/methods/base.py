@@ -16,7 +16,7 @@ helper, graph and budget):
     state_dict / load_state_dict   exact resume
 
 Options: a method's settings are a dataclass, its class attribute `Options` (a `MethodOptions`); its fields become
-flags and keywords (settings.py), are validated, saved with the run and restored on resume; the instance holds
+flags and keywords (yolo_prune/options.py), are validated, saved with the run and restored on resume; the instance holds
 `self.options`.
 """
 
@@ -24,7 +24,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, fields
-from typing import TYPE_CHECKING, ClassVar
+from typing import ClassVar
 
 import numpy as np
 
@@ -32,10 +32,8 @@ from ..errors import YoloPruneError
 from ..graph.analyze import ChannelGraph
 from ..masks.budget import Budget
 from ..masks.mask import MaskSet
-from ..settings import Options, flag_name
-
-if TYPE_CHECKING:
-    from .context import PruneContext
+from ..options import Options, flag_name
+from .context import PruneContext
 
 _METHODS: dict[str, type[PruningMethod]] = {}
 

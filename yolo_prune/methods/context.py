@@ -18,7 +18,6 @@ from ..errors import YoloPruneError
 from ..graph.analyze import ChannelGraph
 from ..masks.budget import Budget
 from ..masks.mask import MaskSet
-from ..settings import PruneSettings
 
 
 @dataclass(eq=False)
@@ -27,7 +26,7 @@ class PruneContext:
     graph: ChannelGraph
     budget: Budget
     masks: MaskSet  # the current masks
-    settings: PruneSettings
+    settings: Any  # the run's PruneSettings (None for a one-shot prune built without them)
     base_gflops: float
     ema: Any = None  # Ultralytics' ModelEMA (its model: ema.ema), None before it exists
     optimizer: torch.optim.Optimizer | None = None
@@ -45,7 +44,7 @@ class PruneContext:
     def one_shot(cls, model, graph, budget, target_gflops, masks=None, settings=None) -> PruneContext:
         """A context for pruning a model at once (no training: no optimizer, EMA, metrics or loss)."""
         return cls(model=model, graph=graph, budget=budget, masks=masks or MaskSet(graph),
-                   settings=settings or PruneSettings(), base_gflops=graph.gflops(), progress=1.0, step=0,
+                   settings=settings, base_gflops=graph.gflops(), progress=1.0, step=0,
                    target_gflops=target_gflops)  # fmt: skip
 
     def loss(self, masks: MaskSet | None = None, batches: int | None = None) -> float:

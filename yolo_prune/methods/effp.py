@@ -25,7 +25,7 @@ import numpy as np
 
 from ..errors import YoloPruneError
 from ..masks.mask import MaskSet
-from ..settings import setting
+from ..options import setting
 from .base import MethodOptions, TaylorScored, register_method
 
 

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..settings import setting
+from ..options import setting
 from .base import MethodOptions, PruningMethod, register_method
 
 

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import math
 
-from ..settings import PruneSettings
+from .settings import PruneSettings
 
-__all__ = ["PruneSettings", "Schedule"]  # PruneSettings lives in yolo_prune/settings.py (re-exported here)
+__all__ = ["PruneSettings", "Schedule"]  # PruneSettings lives in methods/settings.py (re-exported here)
 
 
 class Schedule:

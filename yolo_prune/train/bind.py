@@ -8,7 +8,8 @@ know, so the pruning settings travel in the class:
 
     YOLO("yolov7.yaml").train(trainer=prune_trainer(flops=0.37, method="effp"), data="coco.yaml", epochs=300)
 
-The keywords are the fields of `PruneSettings` (methods/schedule.py), the one definition of a pruning run.
+The keywords are the fields of `PruneSettings` and the chosen method's options (methods/settings.py), the one
+definition of a pruning run: `prune_trainer(flops=0.37, method="effp", regrow=0.2)`.
 """
 
 from __future__ import annotations
@@ -18,17 +19,20 @@ import dataclasses
 from ultralytics.utils import DEFAULT_CFG
 
 from ..errors import YoloPruneError
-from ..methods.schedule import PruneSettings
+from ..methods.settings import PruneSettings, split_keywords
+from ..options import flag_fields
 from .trainer import PruneTrainer
 
 
 def prune_trainer(**settings) -> type[PruneTrainer]:
-    """A PruneTrainer subclass bound to `PruneSettings(**settings)`, validated now (one clear error if wrong)."""
-    fields = {f.name for f in dataclasses.fields(PruneSettings)}
-    unknown = sorted(set(settings) - fields)
+    """A PruneTrainer subclass bound to `PruneSettings(**settings)` (method options included), validated now (one
+    clear error if wrong)."""
+    fields, options, unknown = split_keywords(settings)
     if unknown:
-        raise YoloPruneError(f"Unknown pruning setting(s) {unknown}; prune_trainer() takes {sorted(fields)}.")
-    bound = PruneSettings(**settings).validate()
+        names = sorted(f.name for f in flag_fields(PruneSettings))
+        raise YoloPruneError(f"Unknown pruning setting(s) {sorted(unknown)}; prune_trainer() takes {names} and the "
+                             "method's options (yolo-prune train --help lists them).")  # fmt: skip
+    bound = PruneSettings(**fields, options=options).validate()
 
     class BoundPruneTrainer(PruneTrainer):
         def __init__(self, cfg=DEFAULT_CFG, overrides=None, _callbacks=None, prune: PruneSettings | None = None):

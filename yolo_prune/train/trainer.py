@@ -32,8 +32,8 @@ from ultralytics.utils.torch_utils import unwrap_model
 
 from ..checkpoint import STATE_ATTR, pack_numpy, unpack_numpy
 from ..errors import YoloPruneError
+from ..methods.settings import PruneSettings
 from ..nn.build import load_model
-from ..settings import PruneSettings
 from . import resume
 from .distill import DistilledCriterion, FeatureDistillation
 from .finalize import slim_checkpoint

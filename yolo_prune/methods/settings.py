@@ -1,0 +1,89 @@
+"""PruneSettings: everything that defines a pruning run, in one dataclass (the flags and API keywords of `train` and
+`prune` are generated from it, see yolo_prune/options.py), and the split of API keywords into settings, the chosen
+method's options and Ultralytics arguments."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from ..errors import YoloPruneError
+from ..masks.budget import MIN_KEEP, ROUND_TO
+from ..options import Options, flag_fields, setting
+from .base import build_options, get_method, list_methods, option_owners
+
+
+@dataclass
+class PruneSettings(Options):
+    """Everything that defines a pruning run; validated once, saved in last.pt, passed to DDP children as JSON."""
+
+    flops: float = setting(0.0, "fraction of FLOPs to remove, e.g. 0.37 (0 = train without pruning)")
+    method: str = setting("effp", "pruning method", choices=lambda: _methods(in_training=True))
+    imgsz: int = setting(640, "image size at which FLOPs are counted (the papers' and Ultralytics' convention)")
+    round_to: int = setting(ROUND_TO, "kept widths are multiples of this (TensorRT FP16: 8; INT8 or DLA: 16 or 32)")
+    min_keep: float = setting(MIN_KEEP, "floor: never keep less than this fraction of a channel group")
+    warmup_frac: float = setting(0.1, "share of the run trained dense before the first pruning step")
+    prune_frac: float = setting(0.6, "share of the run at which the FLOPs target is reached; fixed masks afterwards")
+    steps_per_epoch: int = setting(4, "pruning steps per epoch during the pruning phase")
+    compensate: bool | None = setting(
+        None,
+        "hand masked channels over to their consumers by least squares (train/compensate.py); default: on when "
+        "training starts from weights (learned channel correlations to use), off from scratch (measured worse)",
+    )
+    distill: float | None = setting(
+        None,
+        "weight of feature distillation from the dense starting model (train/distill.py); default: 1 with "
+        "--weights, else 0 (off)",
+    )
+    # the chosen method's options (its Options dataclass as a dict, every field filled in by validate)
+    options: dict = field(default_factory=dict, metadata={"flag": False})
+
+    def check(self) -> None:
+        if not 0 <= self.flops < 1:
+            raise YoloPruneError(f"--flops must be a fraction in [0, 1) (e.g. 0.37), got {self.flops}.")
+        if not 0 <= self.warmup_frac < self.prune_frac <= 1:
+            raise YoloPruneError(
+                f"Need 0 <= --warmup-frac < --prune-frac <= 1, got {self.warmup_frac} and {self.prune_frac}."
+            )
+        if self.steps_per_epoch < 1:
+            raise YoloPruneError(f"--steps-per-epoch must be at least 1, got {self.steps_per_epoch}.")
+        if self.distill is not None and not self.distill >= 0:
+            raise YoloPruneError(f"--distill must be a weight >= 0 (0 switches distillation off), got {self.distill}.")
+        if self.round_to < 1:
+            raise YoloPruneError(f"--round-to must be a positive integer, got {self.round_to}.")
+        if not 0 <= self.min_keep <= 1:
+            raise YoloPruneError(f"--min-keep must be within [0, 1], got {self.min_keep}.")
+
+    def validate(self, one_shot: bool = False) -> PruneSettings:
+        """Types and ranges, the method (one usable in training, or one-shot), and the method's options."""
+        super().validate()
+        cls = get_method(self.method)
+        if self.flops and one_shot and not cls.one_shot:
+            raise YoloPruneError(f"Method '{self.method}' prunes during training; use `yolo-prune train --method "
+                                 f"{self.method}`.")  # fmt: skip
+        if self.flops and not one_shot and not cls.in_training:
+            raise YoloPruneError(f"Method '{self.method}' prunes a trained model at once; use `yolo-prune prune "
+                                 f"--method {self.method}`, or one of {_methods(in_training=True)} here.")  # fmt: skip
+        self.options = build_options(self.method, self.options).to_dict()
+        return self
+
+
+def _methods(in_training: bool) -> list[str]:
+    return list_methods(one_shot=not in_training)
+
+
+TRAIN_RENAME = {"imgsz": "flops_imgsz"}  # `train --imgsz` / `imgsz=` is Ultralytics' training image size
+
+
+def split_keywords(kwargs: dict, rename: dict[str, str] | None = None) -> tuple[dict, dict, dict]:
+    """Python API keywords -> (PruneSettings fields, method options, the rest: Ultralytics arguments)."""
+    public = {(rename or {}).get(f.name, f.name): f.name for f in flag_fields(PruneSettings)}
+    owners = option_owners()
+    settings, options, rest = {}, {}, {}
+    for key, value in kwargs.items():
+        if key in public:
+            settings[public[key]] = value
+        elif key in owners:
+            options[key] = value
+        else:
+            rest[key] = value
+    return settings, options, rest
