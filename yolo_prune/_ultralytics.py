@@ -49,7 +49,11 @@ def check_version(version: str) -> None:
 
 
 def install() -> None:
-    """Make our layers, configs and anchor models known to Ultralytics (idempotent; see the module docstring)."""
+    """Make our layers, configs and anchor models known to Ultralytics (idempotent; see the module docstring).
+
+    Our nn modules are imported only after the version check (in the steps below): they import Ultralytics internals,
+    which another release may not have, and that must not hide the one clear message.
+    """
     import ultralytics
 
     check_version(ultralytics.__version__)
