@@ -30,7 +30,12 @@ def non_default_options(method: str) -> dict:
     out = {}
     for f in dataclasses.fields(cls):
         value = f.default
-        moved = (not value) if isinstance(value, bool) else value + 1 if isinstance(value, int) else value * 0.9
+        if isinstance(value, str):  # another of its choices
+            choices = f.metadata.get("choices")
+            choices = choices() if callable(choices) else choices or [value]
+            moved = next((c for c in choices if c != value), value)
+        else:
+            moved = (not value) if isinstance(value, bool) else value + 1 if isinstance(value, int) else value * 0.9
         try:
             cls(**{**out, f.name: moved}).validate()
             out[f.name] = moved

@@ -146,7 +146,7 @@ TINY = dict(imgsz=64, batch=1, workers=0, plots=False, device="cpu", exist_ok=Tr
 
 
 def iw_run(tmp_path, data, name, model="yolov8n.yaml", epochs=2, overrides=None, **options):
-    from yolo_prune.settings import PruneSettings
+    from yolo_prune.methods.settings import PruneSettings
     from yolo_prune.train.trainer import PruneTrainer
 
     settings = PruneSettings(flops=0.3, method="iw", warmup_frac=0.1, prune_frac=0.7, steps_per_epoch=2,
@@ -183,6 +183,12 @@ def test_the_weights_train_in_their_own_optimizer_group(scratch_run):
     start = ImportanceWeights(trainer.pruner.graph, unwrap(trainer), init="uniform", seed=0).weights
     moved = max(float((a.detach().cpu() - b.detach()).abs().max()) for a, b in zip(method.weights.weights, start))
     assert moved > 1e-3
+    # the EMA (a few updates: it is close to the last model) holds the folded values, as the training model now does
+    model, ema = dict(unwrap(trainer).named_modules()), dict(trainer.ema.ema.named_modules())
+    for name, a in zip(method.weights.norms, method.weights.weights):
+        keep = trainer.pruner.masks.norm_keep.get(name, torch.ones(a.numel(), dtype=torch.bool))
+        folded, averaged = model[name].weight.detach()[keep], ema[name].weight.detach().float()[keep]
+        assert (averaged - folded).abs().median() < 0.1 * (a.detach()[keep] - 1).abs().median() * folded.abs().median()
 
 
 def test_scratch_run_with_a_large_tolerance_reaches_the_cap_and_logs_the_weights(scratch_run):

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -38,6 +39,9 @@ class PruneContext:
     metrics: dict | None = None  # the latest validation metrics (Ultralytics' keys, e.g. "metrics/mAP50-95(B)")
     images: torch.Tensor | None = None  # the latest training images (preprocessed), for statistics
     loss_fn: Callable | None = field(default=None, repr=False)  # set by the trainer: loss(masks, batches) -> float
+    # set by the trainer where there is validation data (rank 0): val_fn(model, images) -> Ultralytics' metrics
+    val_fn: Callable | None = field(default=None, repr=False)
+    run_dir: Path | None = None  # the run's folder (rank 0), for a method's own figures
     logged: dict = field(default_factory=dict)  # evidence for this step's prune_log.csv row
 
     @classmethod
@@ -55,6 +59,14 @@ class PruneContext:
             raise YoloPruneError("ctx.loss needs cached training batches: set the method's `cache_batches` (> 0); "
                                  "a one-shot prune has no training data.")  # fmt: skip
         return self.loss_fn(masks, batches)
+
+    def validate(self, model: nn.Module, images: int = 0) -> dict:
+        """Ultralytics' validation metrics ("metrics/mAP50-95(B)", ...) of `model` on the first `images` validation
+        images (0: all), now, with the validator's own loop (train/quick_val.py); `model` is only read."""
+        if self.val_fn is None:
+            raise YoloPruneError("ctx.validate needs the run's validation data (rank 0 of a training run); a one-shot "
+                                 "prune has none.")  # fmt: skip
+        return self.val_fn(model, images)
 
     def log(self, **values) -> None:
         """Method evidence for this step's row of prune_log.csv: one column per name (numbers or short text)."""

@@ -31,7 +31,7 @@ from torch import nn
 from ..errors import YoloPruneError
 from ..graph.analyze import ChannelGraph
 from ..masks.mask import MaskSet
-from ..settings import setting
+from ..options import setting
 from .base import MethodOptions, PruningMethod, register_method
 from .criteria import per_group
 

@@ -39,6 +39,7 @@ from .distill import DistilledCriterion, FeatureDistillation
 from .finalize import slim_checkpoint
 from .log import PruneLog
 from .pruner import InTrainingPruner
+from .quick_val import QuickValidation
 
 SETTINGS_ENV = "YOLO_PRUNE_SETTINGS"
 
@@ -154,7 +155,9 @@ class PruneTrainer(DetectionTrainer):
         self.pruner.ctx.ema = self.ema
         if self._resume_state is not None:
             self._restore_exact_state(self._resume_state)
-        if RANK in {-1, 0}:
+        if RANK in {-1, 0}:  # ctx.validate: the validation set, now (Ultralytics validates only at epoch ends)
+            self.pruner.ctx.val_fn = QuickValidation(self.test_loader, self.data, self.args, self.device, self.save_dir)
+            self.pruner.ctx.run_dir = self.save_dir
             g = self.pruner.graph
             self.prune_log = PruneLog(self.save_dir, [x.name for x in g.groups], [x.width for x in g.groups],
                                       self.pruner.base_gflops)  # fmt: skip
