@@ -33,3 +33,9 @@ def test_cut_ramps_cubically_to_the_target():
     assert cuts[-1] == pytest.approx(0.4) and all(b > a for a, b in zip(cuts, cuts[1:]))
     assert cuts[0] > 0.4 / len(cuts)  # faster than linear early on
     assert s.progress(len(s.positions) - 1) == 1.0
+
+
+def test_phase_is_the_continuous_progress_through_the_pruning_phase():
+    s = schedule(steps_per_epoch=1)  # phase from epoch 1 to 6, steps at 2 ... 6
+    assert s.phase(0.5) == 0.0 and s.phase(3.5) == pytest.approx(0.5) and s.phase(8.0) == 1.0
+    assert all(s.phase(p) == pytest.approx(s.progress(k)) for k, p in enumerate(s.positions))

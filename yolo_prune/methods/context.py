@@ -33,6 +33,7 @@ class PruneContext:
     optimizer: torch.optim.Optimizer | None = None
     position: float = 0.0  # training position in epochs (fractional)
     progress: float = 0.0  # 0 -> 1 across the pruning phase (the last step done, or the one being taken)
+    phase: float = 0.0  # progress through the pruning phase at `position`, continuous (0 -> 1, and 1 after it)
     step: int | None = None  # index of the pruning step being taken (prune_step), else None
     target_gflops: float | None = None  # this step's FLOPs target (prune_step)
     final: bool = False  # the masks are final (the schedule ran out or a method ended pruning)
@@ -48,7 +49,7 @@ class PruneContext:
     def one_shot(cls, model, graph, budget, target_gflops, masks=None, settings=None) -> PruneContext:
         """A context for pruning a model at once (no training: no optimizer, EMA, metrics or loss)."""
         return cls(model=model, graph=graph, budget=budget, masks=masks or MaskSet(graph),
-                   settings=settings, base_gflops=graph.gflops(), progress=1.0, step=0,
+                   settings=settings, base_gflops=graph.gflops(), progress=1.0, phase=1.0, step=0,
                    target_gflops=target_gflops)  # fmt: skip
 
     def loss(self, masks: MaskSet | None = None, batches: int | None = None) -> float:

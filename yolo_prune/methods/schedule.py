@@ -16,6 +16,7 @@ class Schedule:
         start, end = settings.warmup_frac * epochs, settings.prune_frac * epochs
         n = max(1, math.ceil(settings.steps_per_epoch * (end - start)))
         self.positions = [start + (k + 1) * (end - start) / n for k in range(n)]
+        self.start, self.end = start, end
         self.flops = settings.flops
 
     def due(self, position: float, done: int) -> int | None:
@@ -25,6 +26,11 @@ class Schedule:
 
     def progress(self, k: int) -> float:
         return (k + 1) / len(self.positions)
+
+    def phase(self, position: float) -> float:
+        """Progress through the pruning phase at `position` (epochs), continuous: 0 at its start, 1 from its end on;
+        equal to progress(k) at step k's position."""
+        return min(max((position - self.start) / max(self.end - self.start, 1e-12), 0.0), 1.0)
 
     def cut(self, k: int) -> float:
         """FLOPs fraction removed after step k: the cubic ramp prunes fast while the net is redundant, then gently."""

@@ -76,6 +76,7 @@ class InTrainingPruner:
         c.progress = self.schedule.progress(self.steps_done - 1) if self.steps_done else 0.0
         for k, v in fields.items():
             setattr(c, k, v)
+        c.phase = self.schedule.phase(c.position)
         return c
 
     # -- before training: setup, optimizer ----------------------------------------------------------------------------
