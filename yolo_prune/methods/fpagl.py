@@ -106,9 +106,13 @@ class FPAGL(TaylorScored):
         self._pull(ctx, ctx.progress)
         merged = merged_masks(self.graph, ctx.masks.masks, self.clusters)
         ctx.log(cluster_distance=_mean(before), cluster_distance_max=_max(before), agl_mix=self._mix(ctx.progress),
-                merged_gflops=self.graph.gflops(merged), clustered=sum(len(c) - 1 for cs in self.clusters.values()
-                                                                        for c in cs))  # fmt: skip
+                merged_gflops=self.graph.gflops(merged), clustered=self.merged_channels)
         return ctx.masks  # nothing is zeroed: the clusters converge and are merged at the end
+
+    @property
+    def merged_channels(self) -> int:
+        """Channels the merge folds into their cluster heads."""
+        return sum(len(c) - 1 for cs in self.clusters.values() for c in cs)
 
     def _plan(self, ctx, scores):
         final = ctx.base_gflops * (1 - ctx.settings.flops)
@@ -145,9 +149,8 @@ class FPAGL(TaylorScored):
         residual = centres.distance(ctx.model)
         centres.pull(ctx.model, 1.0)
         ctx.log(final_residual=_max(residual))
-        merged = sum(len(c) - 1 for cs in self.clusters.values() for c in cs)
-        LOGGER.info(f"FP-AGL: merging {merged} channels into their cluster heads; largest distance left before the "
-                    f"final snap {_max(residual):.3g} (mean {_mean(residual):.3g})")  # fmt: skip
+        LOGGER.info(f"FP-AGL: merging {self.merged_channels} channels into their cluster heads; largest distance "
+                    f"left before the final snap {_max(residual):.3g} (mean {_mean(residual):.3g})")  # fmt: skip
         return self.clusters
 
     def state_dict(self):
