@@ -8,7 +8,8 @@ Default: the COCO-pretrained YOLOv5n (../shared/data/yolov5n_coco) on the real c
 96 train / 32 held-out val images). Each run is the plain command a user types, in its own process:
 - `dense`: `yolo-prune train --weights W --flops 0` (the dense fine-tune every cut is compared with);
 - in-training methods (every method of the registry that prunes in training: effp, asfp, ...; `uniform_train` and
-  `random_train` are the in-training runs of the methods that are also one-shot baselines):
+  `random_train` are the in-training runs of the methods that are also one-shot baselines; `iw` runs under its
+  default `--tolerance`, so it may stop before the cut, and `iw_cap` is iw held to the cut with `--tolerance 1`):
   `yolo-prune train --weights W --flops C --method M`;
 - one-shot baselines (l1, uniform, random, and `tp`: Torch-Pruning group-L2 with a uniform ratio, when torch-pruning
   is installed, `pip install -e ".[bench]"`): prune W to the cut, then `yolo-prune train --weights pruned.pt --flops 0`.
@@ -31,11 +32,18 @@ SHARED = ROOT.parent / "shared" / "data"
 ONE_SHOT = ["l1", "uniform", "random", "tp"]
 
 
+# extra runs of a method with options: iw under its tolerance stop (its own run) and held to the cut (research/methods.md
+# 8.5: report the tolerance-constrained and the rate-constrained results separately)
+VARIANTS = {"iw_cap": ("iw", ["--tolerance", "1"])}
+
+
 def in_training_methods() -> dict[str, str]:
     """Run label -> method key, for every registered in-training method (new methods join automatically)."""
     from yolo_prune.methods import list_methods
 
-    return {f"{m}_train" if m in ONE_SHOT else m: m for m in list_methods(one_shot=False)}
+    keys = list_methods(one_shot=False)
+    runs = {f"{m}_train" if m in ONE_SHOT else m: m for m in keys}
+    return {**runs, **{label: key for label, (key, _) in VARIANTS.items() if key in keys}}
 
 
 def main():
@@ -100,6 +108,7 @@ def _run(method, cut, seed, data, folder: Path, args) -> dict:
     elif method in in_training_methods():
         key = in_training_methods()[method]
         method_flag = ["--method", key] + (["--random-seed", str(seed)] if key == "random" else [])
+        method_flag += VARIANTS.get(method, (key, []))[1]
     cmd = [sys.executable, "-m", "yolo_prune", "train", "--weights", str(weights), "--data", data,
            "--flops", str(flops), *method_flag, "--epochs", str(args.epochs), "--imgsz", str(args.imgsz),
            "--batch", str(args.batch), "--project", str(folder.parent), "--name", folder.name,

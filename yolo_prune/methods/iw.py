@@ -302,7 +302,7 @@ class ImportanceWeight(PruningMethod):
         super().__init__(graph, budget, options)
         self.weights: ImportanceWeights | None = None
         self.stop = ToleranceStop(self.options.tolerance)
-        self.history: list[dict] = []  # per pruning step: position and histogram of the alive |a| (for the plot)
+        self.history: list[dict] = []  # at each pruning step and epoch end: quantiles, histogram of the alive |a|
         self._model = None  # the training model the weights act on (a weak reference)
 
     def setup(self, ctx):
