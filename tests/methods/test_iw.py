@@ -170,6 +170,7 @@ def scratch_run(tmp_path_factory, coco8_yaml):
     return iw_run(tmp_path_factory.mktemp("iw"), coco8_yaml, "scratch", tolerance=1.0, iw_init="uniform")
 
 
+@pytest.mark.slow
 def test_the_weights_train_in_their_own_optimizer_group(scratch_run):
     trainer, grads = scratch_run
     method = trainer.pruner.method
@@ -191,6 +192,7 @@ def test_the_weights_train_in_their_own_optimizer_group(scratch_run):
         assert (averaged - folded).abs().median() < 0.1 * (a.detach()[keep] - 1).abs().median() * folded.abs().median()
 
 
+@pytest.mark.slow
 def test_scratch_run_with_a_large_tolerance_reaches_the_cap_and_logs_the_weights(scratch_run):
     import csv
 
@@ -218,6 +220,7 @@ def unwrap(trainer):
     return unwrap_model(trainer.model)
 
 
+@pytest.mark.slow
 def test_a_tiny_tolerance_rolls_back_the_step_that_crosses_it_and_ends_pruning(tmp_path, yolov5n_coco, coco8_yaml):
     import csv
 
