@@ -12,10 +12,12 @@ from ultralytics.engine.trainer import BaseTrainer
 from ultralytics.utils.torch_utils import unwrap_model
 
 from yolo_prune.masks.clusters import ClusterCentres
+from yolo_prune.masks.mask import MaskSet
 from yolo_prune.methods import base as registry
 from yolo_prune.methods.base import PruningMethod
 from yolo_prune.methods.criteria import FoldedL1
 from yolo_prune.methods.settings import PruneSettings
+from yolo_prune.methods.uniform import Uniform
 from yolo_prune.safe_load import load
 from yolo_prune.train.log import PruneLog
 from yolo_prune.train.trainer import PruneTrainer
@@ -167,3 +169,52 @@ def test_ultralytics_calls_the_points_in_the_order_the_contract_relies_on():
     assert order == sorted(order)
     assert "self.best_fitness = fitness" in inspect.getsource(BaseTrainer.validate)
     assert "if self.best_fitness == self.fitness:" in inspect.getsource(BaseTrainer.save_model)
+
+
+class RollbackAtFirstEpochEnd(Uniform):
+    """Ends pruning at the first epoch end, rolling back to the masks before the last step."""
+
+    def __init__(self, graph, budget, options=None):
+        super().__init__(graph, budget, options)
+        self.history = []
+
+    def prune_step(self, ctx):
+        self.history.append({k: v.copy() for k, v in ctx.masks.masks.items()})
+        return super().prune_step(ctx)
+
+    def on_epoch_end(self, ctx):
+        return MaskSet(ctx.graph, self.history[-1])
+
+
+def test_on_epoch_end_ends_pruning_with_the_masks_it_returns(tmp_path, coco8_yaml):
+    registry.register_method("rollback")(RollbackAtFirstEpochEnd)
+    try:
+        settings = PruneSettings(flops=0.3, method="rollback", warmup_frac=0.1, prune_frac=0.7, steps_per_epoch=3)
+        trainer = PruneTrainer(overrides={**RUN, "model": "yolov8n.yaml", "data": str(coco8_yaml),
+                                          "project": str(tmp_path), "name": "stop"}, prune=settings)  # fmt: skip
+        trainer.train()
+    finally:
+        registry._METHODS.pop("rollback", None)
+    p = trainer.pruner
+    assert p.stopped and p.final and p.steps_done == 2 < len(p.schedule.positions)  # steps at 0.5, 0.8; then stop
+    rolled_back = p.method.history[-1]
+    assert all((p.masks.masks[k] == rolled_back[k]).all() for k in rolled_back)
+    widths = {k: int(v.sum()) for k, v in rolled_back.items()}
+    for path in (trainer.best, trainer.last):  # both epochs had the final architecture: best.pt exists, at it
+        assert load(path)["yolo_prune"]["widths"] == widths
+    rows = PruneLog(trainer.save_dir, [g.name for g in p.graph.groups], [g.width for g in p.graph.groups], 1.0).rows()
+    assert len(rows) == 3 and rows[-1]["regrown"] > 0  # the rollback is logged as a step of its own
+
+
+def test_on_epoch_end_true_fixes_the_current_masks():
+    from yolo_prune.nn.build import load_model
+    from yolo_prune.train.pruner import InTrainingPruner
+
+    model = load_model("yolov8n.yaml")
+    pruner = InTrainingPruner(model, PruneSettings(flops=0.3, method="uniform", steps_per_epoch=2).validate(), 4)
+    pruner.maybe_step(model, None, position=pruner.schedule.positions[0])
+    first = {k: v.copy() for k, v in pruner.masks.masks.items()}
+    pruner.method.on_epoch_end = lambda ctx: True
+    assert pruner.epoch_end(model, None, {"metrics/mAP50-95(B)": 0.1}, 1.0) is None and pruner.final
+    assert pruner.maybe_step(model, None, position=4.0) is None  # the schedule stops
+    assert all((pruner.masks.masks[k] == first[k]).all() for k in first)
