@@ -76,7 +76,7 @@ def add_flags(parser, cls, rename: dict[str, str] | None = None, title: str | No
     for f in flag_fields(cls, only):
         name = (rename or {}).get(f.name, f.name)
         default = f.default if f.default is not MISSING else f.default_factory()
-        help_text = f"{f.metadata.get('help', '')} (default: {default})"
+        help_text = f.metadata.get("help", "") + (f" (default: {default})" if default is not None else "")
         choices = f.metadata.get("choices")
         choices = choices() if callable(choices) else choices
         args = typing.get_args(hints[f.name])

@@ -222,7 +222,7 @@ class InTrainingPruner:
     def cache(self, batch: dict) -> None:
         """Keep a preprocessed training batch (on CPU, images as uint8: exact, 4x smaller) for ctx.loss."""
         if self.batches.maxlen:
-            kept = {k: v.detach().to("cpu", non_blocking=True) for k, v in batch.items() if torch.is_tensor(v)}
+            kept = {k: v.detach().cpu() for k, v in batch.items() if torch.is_tensor(v) and k != "img"}
             kept["img"] = (batch["img"].detach() * 255).round().to("cpu", torch.uint8)
             self.batches.append(kept)
 
