@@ -79,3 +79,16 @@ def test_random_depends_on_its_seed_only(v8n):
 
     a, b, c = draw(0), draw(0), draw(1)
     assert all((a[k] == b[k]).all() for k in a) and any((a[k] != c[k]).any() for k in a)
+
+
+def test_uniform_in_training_continues_from_the_current_masks(v8n):
+    model, graph, budget = v8n
+    method = get_method("uniform")(graph, budget)
+    first = step(method, model, MaskSet(graph), graph.gflops() * 0.8, 0.5)
+    shuffled = load_model("yolov8n.yaml")  # other weights: the folded-L1 ranking changes
+    torch.manual_seed(1)
+    for p in shuffled.parameters():
+        p.data.normal_()
+    second = step(method, shuffled, first, graph.gflops() * 0.6, 1.0)
+    assert second.gflops() == pytest.approx(graph.gflops() * 0.6, abs=0.003 * graph.gflops())
+    assert not any((second.masks[k] & ~first.masks[k]).any() for k in first.masks)  # nothing regrown or swapped
