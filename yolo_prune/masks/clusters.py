@@ -71,14 +71,22 @@ class ClusterCentres:
             self.count[group] = int(index.max()) + 1
             self.weight[group] = torch.from_numpy(w / np.bincount(index, w)[index])
         self._rows: WeakKeyDictionary = WeakKeyDictionary()
+        self._device: dict[tuple[str, str], tuple[torch.Tensor, torch.Tensor]] = {}
 
     def centre(self, group: str, x: torch.Tensor) -> torch.Tensor:
         """Per channel (dim 0 of `x`), the weighted centre of its cluster, in float64."""
-        index, weight = self.index[group].to(x.device), self.weight[group].to(x.device)
+        index, weight = self._on(group, x.device)
         flat = x.detach().double().reshape(len(index), -1)
         sums = torch.zeros(self.count[group], flat.shape[1], dtype=torch.float64, device=x.device)
         sums.index_add_(0, index, flat * weight[:, None])
         return sums[index].reshape(x.shape)
+
+    def _on(self, group: str, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        """The group's cluster ids and weights on `device` (copied once: the pull runs at every optimizer step)."""
+        key = (group, str(device))
+        if key not in self._device:
+            self._device[key] = (self.index[group].to(device), self.weight[group].to(device))
+        return self._device[key]
 
     def mix(self, group: str, x: torch.Tensor, t: float) -> torch.Tensor:
         """x + t (centre - x): t = 0 leaves x, t = 1 gives every member its cluster's centre."""
@@ -96,6 +104,8 @@ class ClusterCentres:
     @torch.no_grad()
     def pull(self, model: nn.Module, t: float, grads: bool = False) -> None:
         """Mix every producing tensor of the clustered groups (or its gradient) towards the centres by `t`."""
+        if t <= 0:
+            return
         for group, rows in self.rows(model).items():
             for _, tensor, r in rows:
                 target = tensor.grad if grads else tensor
