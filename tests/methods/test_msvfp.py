@@ -10,8 +10,10 @@ from tests.models import randomize
 from yolo_prune.graph.analyze import analyze
 from yolo_prune.masks.budget import Budget
 from yolo_prune.masks.mask import MaskSet
-from yolo_prune.methods.criteria import folded_l1
-from yolo_prune.methods.msvfp import MAGNITUDE, Cut, LossAwareSearch, criterion_at, size_cut, with_cut
+from yolo_prune.methods import PruneContext, get_method
+from yolo_prune.methods.criteria import FoldedL2
+from yolo_prune.methods.msvfp import MAGNITUDE, SIMILARITY, Cut, LossAwareSearch, _Scorer, criterion_at, size_cut, with_cut
+from yolo_prune.methods.settings import PruneSettings
 from yolo_prune.nn.build import load_model
 
 SENSITIVE = "model.8.m.0.cv1"  # a bottleneck conv deep in the backbone, one consumer (model.8.m.0.cv2)
@@ -97,7 +99,7 @@ def test_the_loss_aware_search_spares_a_sensitive_group_that_magnitude_would_cut
     budget = Budget(graph)
     loss = output_change(model, graph, torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(0)))
 
-    scores = folded_l1(model, graph)  # magnitude does not change as channels go
+    scores = FoldedL2(graph)(model)  # magnitude does not change as channels go
 
     def magnitude(masks, gflops):
         return MAGNITUDE, scores
@@ -122,3 +124,72 @@ def test_the_loss_aware_search_spares_a_sensitive_group_that_magnitude_would_cut
     # without the loss (every cut equally good), the same search cuts the sensitive group first
     blind, _ = LossAwareSearch(budget, step=0.03, candidates=4).run(full, target, magnitude, lambda m: 0.0)
     assert not blind[group.name].all()
+
+
+def test_similarity_sums_distances_to_the_alive_filters_and_the_criterion_switches_at_half_the_target(v8n):
+    model, graph, budget = v8n
+    model = deepcopy(model)
+    name = "model.8.m.0.cv1"  # one member conv
+    modules = dict(model.named_modules())
+    conv, bn = modules[name + ".conv"], modules[name + ".bn"]
+    with torch.no_grad():  # channel 5: the centre of the others (its folded filter), the most replaceable one
+        fold = bn.weight / torch.sqrt(bn.running_var + bn.eps)
+        conv.weight[5] = (conv.weight * fold[:, None, None, None]).mean(0) / fold[5]
+    method = get_method("msvfp")(graph, budget)
+    ctx = PruneContext.one_shot(model, graph, budget, graph.gflops() * 0.7, settings=PruneSettings(flops=0.3))
+    scorer = _Scorer(method, ctx)
+    masks = graph.full_masks()
+    assert scorer(masks, graph.gflops() * 0.9)[0] == MAGNITUDE  # 10 % cut of a 30 % target
+    masks[name][64:] = False
+    criterion, scores = scorer(masks, graph.gflops() * 0.8)
+    assert criterion == SIMILARITY
+    f = (conv.weight.flatten(1) * fold[:, None]).detach().double()[:64]  # reference: distances among alive filters
+    reference = torch.cdist(f, f).sum(1).numpy()
+    np.testing.assert_allclose(scores[name][:64], reference / reference.mean(), rtol=1e-6)
+    assert scores[name][:64].argmin() == 5 and (scores[name][64:] == 0).all()
+
+
+def coco8_batch(coco8, n=2, size=64):
+    """A preprocessed training batch (the trainer's form) of real coco8 images, resized, with their labels."""
+    from PIL import Image
+
+    images, cls, boxes, index = [], [], [], []
+    for i, path in enumerate(sorted((coco8 / "images" / "train").glob("*.jpg"))[:n]):
+        images.append(np.asarray(Image.open(path).convert("RGB").resize((size, size)), np.float32) / 255)
+        labels = np.loadtxt(coco8 / "labels" / "train" / f"{path.stem}.txt", ndmin=2)
+        cls.append(labels[:, :1]), boxes.append(labels[:, 1:]), index.append(np.full(len(labels), i))
+    return {"img": torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).contiguous(),
+            "cls": torch.from_numpy(np.concatenate(cls)).float(), "bboxes": torch.from_numpy(np.concatenate(boxes)).float(),
+            "batch_idx": torch.from_numpy(np.concatenate(index)).float()}  # fmt: skip
+
+
+def test_a_pruning_step_searches_with_the_detection_loss_and_logs_it(coco8):
+    from ultralytics.cfg import get_cfg
+
+    from yolo_prune.train.pruner import InTrainingPruner
+    from yolo_prune.train.trainer import detection_loss
+
+    model = load_model("yolov8n.yaml")
+    model.args = get_cfg()  # the loss gains, as the trainer sets them
+    settings = PruneSettings(flops=0.1, method="msvfp", imgsz=64, options={"msvfp_batches": 2}).validate()
+    pruner = InTrainingPruner(model, settings, epochs=1, loss=detection_loss)
+    for i in range(3):  # the method keeps the last two
+        pruner.cache(coco8_batch(coco8) if i else {k: v[:1] for k, v in coco8_batch(coco8).items()})
+    dense = pruner.loss()
+    done = pruner.maybe_step(model, None, position=1.0)  # the last step: the whole 10 % cut
+    log = done["extra"]
+    assert pruner.masks.gflops() == pytest.approx(pruner.base_gflops * 0.9, abs=0.002 * pruner.base_gflops)
+    assert log["msvfp_loss_before"] == pytest.approx(dense)  # the real loss on the two cached batches
+    commits = log["msvfp_groups"].split()
+    measured = log["msvfp_candidates"].split("; ")
+    assert len(commits) == log["msvfp_commits"] >= 2 and log["msvfp_criterion"] == "magnitude/similarity"
+    for commit, candidates in zip(commits, measured):  # the group committed is one of the candidates measured
+        losses = {g: float(v) for g, v in (c.split(":") for c in candidates.split(","))}
+        assert commit.rsplit("-", 1)[0] in losses and len(losses) == 6
+    if not commits[-1].startswith("trim:"):  # the loss the search tracked is the loss of the masks it returns
+        assert log["msvfp_loss"] == pytest.approx(pruner.loss(), rel=1e-5)
+    assert log["msvfp_evals"] == 1 + 6 * len(measured) and log["msvfp_seconds"] > 0
+    state = pruner.method.state_dict()
+    other = get_method("msvfp")(pruner.graph, pruner.budget, settings.options)
+    other.load_state_dict(state)
+    assert other.search.estimates == pruner.method.search.estimates and state["estimates"]

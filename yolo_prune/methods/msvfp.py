@@ -18,11 +18,17 @@ them), the rest groups not measured yet, in criterion order, so every group gets
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 
 import numpy as np
 
+from ..errors import YoloPruneError
 from ..masks.budget import Budget
+from ..masks.mask import MaskSet
+from ..options import setting
+from .base import MethodOptions, PruningMethod, register_method
+from .criteria import FoldedL2, Similarity
 
 MAGNITUDE, SIMILARITY = "magnitude", "similarity"
 
@@ -44,8 +50,8 @@ class Cut:
     increase: float | None = None  # measured loss increase over the current masks
 
     def per_gflop(self) -> float:
-        """Loss increase per GFLOP saved; a cut that does not raise the loss costs nothing."""
-        return max(self.increase, 0.0) / self.saved
+        """Loss increase per GFLOP saved (negative: the cut lowers the loss on the cached batches)."""
+        return self.increase / self.saved
 
 
 def size_cut(budget: Budget, gid: int, keep: np.ndarray, score: np.ndarray, counts, want: float) -> Cut | None:
@@ -131,8 +137,104 @@ class LossAwareSearch:
                 c.increase = loss_of(with_cut(current, c)) - base
                 self.estimates[c.group] = c.per_gflop()
             best = min(pick, key=lambda c: (c.per_gflop(), c.cost))  # equal loss: the criterion decides
+            records.append({"group": best.group, "criterion": criterion, "removed": len(best.channels),
+                            "gflops": gflops - best.saved, "before": base, "loss": base + best.increase,
+                            "candidates": {c.group: c.increase for c in pick}})  # fmt: skip
             current, gflops, base = with_cut(current, best), gflops - best.saved, base + best.increase
             self.estimates.pop(best.group)  # its next cut is another one: measure it afresh
-            records.append({"group": best.group, "criterion": criterion, "removed": len(best.channels),
-                            "gflops": gflops, "loss": base, "candidates": {c.group: c.increase for c in pick}})
         return current, records
+
+
+@dataclass
+class MSVFPOptions(MethodOptions):
+    msvfp_step: float = setting(0.02, "msvfp: GFLOPs a candidate cut aims to save, as a fraction of the dense model's "
+                                      "(smaller: finer per-group rates, more loss evaluations)")
+    msvfp_candidates: int = setting(6, "msvfp: channel groups whose cut the loss evaluates per commit (0: every "
+                                       "group, as in the paper; costly)")
+    msvfp_batches: int = setting(1, "msvfp: cached training batches the loss of a candidate cut is measured on")
+
+    def check(self):
+        if not 0 < self.msvfp_step <= 0.5:
+            raise YoloPruneError(f"--msvfp-step must be a FLOPs fraction in (0, 0.5], got {self.msvfp_step}.")
+        if self.msvfp_candidates < 0:
+            raise YoloPruneError(f"--msvfp-candidates must be >= 0 (0 = every group), got {self.msvfp_candidates}.")
+        if self.msvfp_batches < 1:
+            raise YoloPruneError(f"--msvfp-batches must be at least 1, got {self.msvfp_batches}.")
+
+
+@register_method("msvfp")
+class MSVFP(PruningMethod):
+    """Loss-aware variable-rate pruning with the magnitude -> similarity criterion switch (module docstring)."""
+
+    Options = MSVFPOptions
+
+    def __init__(self, graph, budget, options=None):
+        super().__init__(graph, budget, options)
+        o = self.options
+        self.cache_batches = o.msvfp_batches  # the trainer keeps this many recent batches for ctx.loss
+        self.search = LossAwareSearch(budget, o.msvfp_step, o.msvfp_candidates)
+        self.magnitude, self.similarity = FoldedL2(graph), Similarity(graph, mode="pairwise")
+
+    def score(self, ctx):
+        return self.magnitude(ctx.model)
+
+    def prune_step(self, ctx):
+        start, evals = time.perf_counter(), 0
+
+        def loss(masks):  # on the cached batches (the trainer keeps `cache_batches` of them)
+            nonlocal evals
+            evals += 1
+            return ctx.loss(MaskSet(self.graph, masks))
+
+        masks, records = self.search.run(ctx.masks.masks, ctx.target_gflops, _Scorer(self, ctx), loss)
+        ctx.log(**_evidence(records), msvfp_evals=evals, msvfp_seconds=time.perf_counter() - start)
+        return MaskSet(self.graph, masks)
+
+    def state_dict(self):
+        return {"estimates": dict(self.search.estimates)}
+
+    def load_state_dict(self, state):
+        self.search.estimates = {k: float(v) for k, v in state.get("estimates", {}).items()}
+
+
+class _Scorer:
+    """The criterion per commit: magnitude below half the FLOPs target, similarity among alive filters past it.
+
+    Magnitude does not depend on the masks and the filter distances do not change within a step (no training in
+    between): both are computed once per step; similarity sums the distances to the *alive* filters of the group.
+    """
+
+    def __init__(self, method: MSVFP, ctx):
+        self.method, self.ctx = method, ctx
+        self._magnitude = self._distances = None
+
+    def __call__(self, masks, gflops):
+        ctx = self.ctx
+        criterion = criterion_at(1 - gflops / ctx.base_gflops, ctx.settings.flops)
+        if criterion == MAGNITUDE:
+            if self._magnitude is None:
+                self._magnitude = self.method.magnitude(ctx.model)
+            return criterion, self._magnitude
+        if self._distances is None:
+            self._distances = {k: d.numpy() for k, d in self.method.similarity.distances(ctx.model).items()}
+        scores = {}
+        for name, d in self._distances.items():
+            alive = masks[name]
+            s = d[:, alive].sum(1) * alive
+            scores[name] = s / max(s[alive].mean(), 1e-12) if alive.any() else s
+        return criterion, scores
+
+
+def _evidence(records: list[dict]) -> dict:
+    """The step's prune_log.csv columns: per commit the group cut (and channels), the criterion, the candidates'
+    loss increases; the loss on the cached batches before and after."""
+    measured = [r for r in records if r["candidates"]]
+    out = {
+        "msvfp_criterion": "/".join(dict.fromkeys(r["criterion"] for r in records)),
+        "msvfp_groups": " ".join(f"{r['group']}-{r['removed']}" for r in records),
+        "msvfp_candidates": "; ".join(",".join(f"{g}:{v:+.3g}" for g, v in r["candidates"].items()) for r in measured),
+        "msvfp_commits": len(records),
+    }
+    if measured:
+        out.update(msvfp_loss_before=measured[0]["before"], msvfp_loss=measured[-1]["loss"])
+    return out
