@@ -1,6 +1,8 @@
 """MSVFP's loss-aware search on a real detector built from YAML: cut sizing, the shortlist, a sensitive group spared."""
 
+import importlib.util
 from copy import deepcopy
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -12,7 +14,8 @@ from yolo_prune.masks.budget import Budget
 from yolo_prune.masks.mask import MaskSet
 from yolo_prune.methods import PruneContext, get_method
 from yolo_prune.methods.criteria import FoldedL2
-from yolo_prune.methods.msvfp import MAGNITUDE, SIMILARITY, Cut, LossAwareSearch, _Scorer, criterion_at, size_cut, with_cut
+from yolo_prune.methods.msvfp import (
+    MAGNITUDE, SIMILARITY, Cut, LossAwareSearch, StepCriterion, criterion_at, size_cut, with_cut)
 from yolo_prune.methods.settings import PruneSettings
 from yolo_prune.nn.build import load_model
 
@@ -137,7 +140,7 @@ def test_similarity_sums_distances_to_the_alive_filters_and_the_criterion_switch
         conv.weight[5] = (conv.weight * fold[:, None, None, None]).mean(0) / fold[5]
     method = get_method("msvfp")(graph, budget)
     ctx = PruneContext.one_shot(model, graph, budget, graph.gflops() * 0.7, settings=PruneSettings(flops=0.3))
-    scorer = _Scorer(method, ctx)
+    scorer = StepCriterion(method, ctx)
     masks = graph.full_masks()
     assert scorer(masks, graph.gflops() * 0.9)[0] == MAGNITUDE  # 10 % cut of a 30 % target
     masks[name][64:] = False
@@ -149,18 +152,11 @@ def test_similarity_sums_distances_to_the_alive_filters_and_the_criterion_switch
     assert scores[name][:64].argmin() == 5 and (scores[name][64:] == 0).all()
 
 
-def coco8_batch(coco8, n=2, size=64):
-    """A preprocessed training batch (the trainer's form) of real coco8 images, resized, with their labels."""
-    from PIL import Image
-
-    images, cls, boxes, index = [], [], [], []
-    for i, path in enumerate(sorted((coco8 / "images" / "train").glob("*.jpg"))[:n]):
-        images.append(np.asarray(Image.open(path).convert("RGB").resize((size, size)), np.float32) / 255)
-        labels = np.loadtxt(coco8 / "labels" / "train" / f"{path.stem}.txt", ndmin=2)
-        cls.append(labels[:, :1]), boxes.append(labels[:, 1:]), index.append(np.full(len(labels), i))
-    return {"img": torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).contiguous(),
-            "cls": torch.from_numpy(np.concatenate(cls)).float(), "bboxes": torch.from_numpy(np.concatenate(boxes)).float(),
-            "batch_idx": torch.from_numpy(np.concatenate(index)).float()}  # fmt: skip
+def load_tool(name):
+    spec = importlib.util.spec_from_file_location(name, Path(__file__).resolve().parents[2] / "tools" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def test_a_pruning_step_searches_with_the_detection_loss_and_logs_it(coco8):
@@ -173,8 +169,9 @@ def test_a_pruning_step_searches_with_the_detection_loss_and_logs_it(coco8):
     model.args = get_cfg()  # the loss gains, as the trainer sets them
     settings = PruneSettings(flops=0.1, method="msvfp", imgsz=64, options={"msvfp_batches": 2}).validate()
     pruner = InTrainingPruner(model, settings, epochs=1, loss=detection_loss)
-    for i in range(3):  # the method keeps the last two
-        pruner.cache(coco8_batch(coco8) if i else {k: v[:1] for k, v in coco8_batch(coco8).items()})
+    images = sorted((coco8 / "images" / "train").glob("*.jpg"))
+    for batch in load_tool("bench_msvfp").batches(images, coco8 / "labels" / "train", 64, size=2):
+        pruner.cache(batch)  # 2 of 2 images
     dense = pruner.loss()
     done = pruner.maybe_step(model, None, position=1.0)  # the last step: the whole 10 % cut
     log = done["extra"]

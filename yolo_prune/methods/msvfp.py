@@ -186,7 +186,7 @@ class MSVFP(PruningMethod):
             evals += 1
             return ctx.loss(MaskSet(self.graph, masks))
 
-        masks, records = self.search.run(ctx.masks.masks, ctx.target_gflops, _Scorer(self, ctx), loss)
+        masks, records = self.search.run(ctx.masks.masks, ctx.target_gflops, StepCriterion(self, ctx), loss)
         ctx.log(**_evidence(records), msvfp_evals=evals, msvfp_seconds=time.perf_counter() - start)
         return MaskSet(self.graph, masks)
 
@@ -197,7 +197,7 @@ class MSVFP(PruningMethod):
         self.search.estimates = {k: float(v) for k, v in state.get("estimates", {}).items()}
 
 
-class _Scorer:
+class StepCriterion:
     """The criterion per commit: magnitude below half the FLOPs target, similarity among alive filters past it.
 
     Magnitude does not depend on the masks and the filter distances do not change within a step (no training in
