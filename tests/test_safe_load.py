@@ -1,6 +1,7 @@
 """Checkpoints and model YAMLs never run code from the file: every command refuses a payload with one clear error."""
 
 import os
+import pickle
 import subprocess
 import sys
 import textwrap
@@ -10,6 +11,7 @@ import torch
 from torch import nn
 from ultralytics.nn.tasks import DetectionModel
 
+from yolo_prune import safe_load
 from yolo_prune.cli import main
 from yolo_prune.errors import YoloPruneError
 from yolo_prune.safe_load import TRUST_ENV, load, load_checkpoint
@@ -234,3 +236,13 @@ def test_the_trainer_reads_model_and_pretrained_checkpoints_safely(key, evil, co
     with pytest.raises(YoloPruneError, match=r"posix\.system"):
         PruneTrainer(overrides=overrides).train()
     assert not marker.exists()
+
+
+def test_classes_re_exported_by_their_package_resolve():
+    """Checkpoints saved before nn/anchor.py became a package name its classes `yolo_prune.nn.anchor.<Class>`."""
+    from yolo_prune.nn.anchor import AnchorDetect, AnchorLoss
+
+    assert safe_load.resolve("yolo_prune.nn.anchor", "AnchorDetect") is AnchorDetect
+    assert safe_load.resolve("yolo_prune.nn.anchor", "AnchorLoss") is AnchorLoss
+    with pytest.raises(pickle.UnpicklingError):  # still only our packages' classes
+        safe_load.resolve("yolo_prune.nn.anchor", "torch")

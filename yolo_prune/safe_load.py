@@ -135,9 +135,12 @@ def _class(module: str, name: str) -> type | None:
     if "." in name or not any(module == p or module.startswith(p + ".") for p in packages):
         return None
     obj = getattr(sys.modules.get(module), name, None)
-    if not isinstance(obj, type) or obj.__module__ != module:
+    # a package re-exporting its submodule's class names it too: checkpoints saved before nn/anchor.py became the
+    # package nn/anchor/ name `yolo_prune.nn.anchor.AnchorDetect`
+    if not isinstance(obj, type) or not (obj.__module__ == module or obj.__module__.startswith(module + ".")):
         return None
-    return obj if issubclass(obj, nn.Module) or module in _CLASS_MODULES else None
+    owner = obj.__module__
+    return obj if issubclass(obj, nn.Module) or any(owner.startswith(m) for m in _CLASS_MODULES) else None
 
 
 class _Unpickler(pickle._Unpickler):

@@ -137,11 +137,13 @@ class PruningMethod(ABC):
 
 
 class TaylorScored(PruningMethod):
-    """A method scored by Taylor importance measured during training (criteria.Taylor), folded L1 until then.
+    """A method scored by what masking a channel costs the training objective, measured during training.
 
-    Observes every optimizer step until the architecture is final; masked channels are observed with their dense
-    shadow values in place (the trainer puts them back before the step), so their scores say what regrowing them
-    would gain.
+    With `--criterion damage` (the default when the run distils from its starting model, i.e. from `--weights`):
+    head damage (methods/damage.py: the second-order rise of the distillation loss, measured at each pruning step
+    on the latest batch). Otherwise Taylor importance of the loss (criteria.Taylor, observed at every optimizer step
+    until the architecture is final), and folded L1 before the first step. Either way masked channels are measured
+    with their dense shadow values in place, so their scores say what regrowing them would gain.
     """
 
     def __init__(self, graph, budget, options=None):
@@ -149,17 +151,35 @@ class TaylorScored(PruningMethod):
 
         super().__init__(graph, budget, options)
         self.taylor, self.folded_l1 = Taylor(graph), FoldedL1(graph)
+        self.head_damage = None  # set up by `setup` under --criterion damage
+
+    def setup(self, ctx):
+        from .damage import HeadDamage
+
+        if ctx.settings is not None and ctx.settings.criterion == "damage":
+            self.head_damage = HeadDamage(self.graph)
 
     def before_optimizer_step(self, ctx):
-        if not ctx.final:
+        if not ctx.final and self.head_damage is None:
             self.taylor.observe(ctx.model)
 
     def score(self, ctx):
+        if self.head_damage is not None and ctx.images is not None and ctx.step is not None:
+            self.head_damage.observe(ctx.model, ctx.images, seed=ctx.step)
+        if self.head_damage is not None and self.head_damage.observations:
+            ctx.log(criterion="head damage")
+            return self.head_damage.scores()
+        ctx.log(criterion="taylor" if self.taylor.steps else "folded l1")
         return self.taylor.scores() if self.taylor.steps else self.folded_l1(ctx.model)
 
     def state_dict(self):
-        return {"taylor": self.taylor.state_dict()}
+        state = {"taylor": self.taylor.state_dict()}
+        if self.head_damage is not None:
+            state["head_damage"] = self.head_damage.state_dict()
+        return state
 
     def load_state_dict(self, state):
         if "taylor" in state:
             self.taylor.load_state_dict(state["taylor"])
+        if self.head_damage is not None and "head_damage" in state:
+            self.head_damage.load_state_dict(state["head_damage"])
