@@ -95,6 +95,9 @@ class FPAGL(TaylorScored):
         self.pulled_to = 0.0  # phase progress the centripetal pull has been applied up to
         self.centres: ClusterCentres | None = None
 
+    def setup(self, ctx):
+        """Taylor weights the centres whatever --criterion says: the paper's Taylor-weighted centripetal vectors."""
+
     # -- pruning steps: plan once, then follow the pull -------------------------------------------------------------
     def prune_step(self, ctx):
         scores = self.score(ctx)
