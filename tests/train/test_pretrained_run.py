@@ -38,13 +38,13 @@ def run(tmp_path, coco8_yaml, start, name, **settings):
 
 
 def test_weights_run_distils_compensates_and_logs_each_step(tmp_path, coco8_yaml, start):
-    trainer, rows = run(tmp_path, coco8_yaml, start, "default")
+    trainer, rows = run(tmp_path, coco8_yaml, start, "default", criterion="damage")
     assert trainer.distill is not None and "kd_loss" in trainer.loss_names
     assert len(rows) == len(trainer.pruner.schedule.positions)
     assert all(float(r["kd_loss"]) >= 0 for r in rows) and float(rows[-1]["kd_loss"]) > 0
     assert sum(int(r["compensated"]) for r in rows) > 0 and sum(int(r["pruned"]) for r in rows) > 0
     assert float(rows[-1]["gflops"]) <= float(rows[-1]["target_gflops"]) + 1e-9
-    # distilling: channels are scored by the head damage measured at each pruning step (methods/damage.py)
+    # --criterion damage: channels are scored by the head damage measured at each pruning step (methods/damage.py)
     assert trainer.pruner.method.head_damage.observations == len(rows)
     assert {r["criterion"] for r in rows} == {"head damage"} and trainer.pruner.method.taylor.steps == 0
     for path in (trainer.last, trainer.best):  # the teacher and training state are not left in the results
@@ -57,4 +57,3 @@ def test_distillation_and_compensation_switch_off(tmp_path, coco8_yaml, start):
     assert trainer.distill is None and "kd_loss" not in trainer.loss_names
     assert all(r["kd_loss"] == "" for r in rows) and all(r["compensated"] == "0" for r in rows)
     assert trainer.pruner.method.head_damage is None and rows[-1]["criterion"] == "taylor"
-    assert trainer.prune_settings.criterion == "taylor"  # resolved from the distillation weight, saved for resume

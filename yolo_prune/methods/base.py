@@ -139,11 +139,11 @@ class PruningMethod(ABC):
 class TaylorScored(PruningMethod):
     """A method scored by what masking a channel costs the training objective, measured during training.
 
-    With `--criterion damage` (the default when the run distils from its starting model, i.e. from `--weights`):
-    head damage (methods/damage.py: the second-order rise of the distillation loss, measured at each pruning step
-    on the latest batch). Otherwise Taylor importance of the loss (criteria.Taylor, observed at every optimizer step
-    until the architecture is final), and folded L1 before the first step. Either way masked channels are measured
-    with their dense shadow values in place, so their scores say what regrowing them would gain.
+    By default Taylor importance of the loss (criteria.Taylor, observed at every optimizer step until the
+    architecture is final), folded L1 before the first step; with `--criterion damage`, head damage instead
+    (methods/damage.py: the second-order rise of the distillation loss, measured at each pruning step on the latest
+    batch). Either way masked channels are measured with their dense shadow values in place, so their scores say
+    what regrowing them would gain.
     """
 
     def __init__(self, graph, budget, options=None):

@@ -34,12 +34,11 @@ class PruneSettings(Options):
         "weight of feature distillation from the dense starting model (train/distill.py); default: 1 with "
         "--weights, else 0 (off)",
     )
-    criterion: str | None = setting(
-        None,
-        "channel scores of the Taylor-scored methods (effp, asfp): 'damage', the second-order rise of the "
-        "distillation loss at the head inputs (methods/damage.py), or 'taylor' of the training loss; default: damage "
-        "when the run distils, else taylor",
-        choices=["damage", "taylor"],
+    criterion: str = setting(
+        "taylor",
+        "channel scores of effp and asfp: 'taylor' of the training loss, or 'damage', the second-order rise of the "
+        "distillation loss at the head inputs (methods/damage.py; needs --distill, 2 extra passes per pruning step)",
+        choices=["taylor", "damage"],
     )
     # the chosen method's options (its Options dataclass as a dict, every field filled in by validate)
     options: dict = field(default_factory=dict, metadata={"flag": False})
@@ -55,8 +54,8 @@ class PruneSettings(Options):
             raise YoloPruneError(f"--steps-per-epoch must be at least 1, got {self.steps_per_epoch}.")
         if self.distill is not None and not self.distill >= 0:
             raise YoloPruneError(f"--distill must be a weight >= 0 (0 switches distillation off), got {self.distill}.")
-        if self.criterion not in (None, "damage", "taylor"):
-            raise YoloPruneError(f"--criterion must be 'damage' or 'taylor', got {self.criterion!r}.")
+        if self.criterion not in ("taylor", "damage"):
+            raise YoloPruneError(f"--criterion must be 'taylor' or 'damage', got {self.criterion!r}.")
         if self.round_to < 1:
             raise YoloPruneError(f"--round-to must be a positive integer, got {self.round_to}.")
         if not 0 <= self.min_keep <= 1:

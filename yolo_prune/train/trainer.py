@@ -134,10 +134,6 @@ class PruneTrainer(DetectionTrainer):
             return
         if self.prune_settings.compensate is None:  # resolved once; a resumed run reads it back from last.pt
             self.prune_settings.compensate = self._from_weights
-        if self.prune_settings.distill is None:
-            self.prune_settings.distill = 1.0 if self._from_weights else 0.0
-        if self.prune_settings.criterion is None:  # score by what the run optimises (methods/base.TaylorScored)
-            self.prune_settings.criterion = "damage" if self.prune_settings.distill > 0 else "taylor"
         model = unwrap_model(self.model)
         self.pruner = InTrainingPruner(model, self.prune_settings, self.epochs, loss=detection_loss)
         self.pruner.setup()
