@@ -17,7 +17,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 PKG = ROOT / "yolo_prune"
-PIPELINE = ["nn", "graph", "masks", "methods", "slim", "train", ("eval", "export", "bench")]
+PIPELINE = ["nn", "graph", ("masks", "latency"), "methods", "slim", "train", ("eval", "export", "bench")]
 SUPPORT = {"errors", "checkpoint", "safe_load", "data", "demo_data", "options"}
 ENTRY = {"__init__", "_ultralytics", "api", "cli", "__main__"}
 RANK = {name: r for r, layer in enumerate(PIPELINE) for name in ([layer] if isinstance(layer, str) else layer)}

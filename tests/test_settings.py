@@ -34,14 +34,14 @@ def test_train_flags_come_from_the_dataclasses():
 def test_a_new_field_is_enough_for_a_flag_and_a_keyword():
     @dataclasses.dataclass
     class More(PruneSettings):
-        latency: bool = setting(False, "a setting added later")
-        lut: str | None = setting(None, "another")
+        dry_run: bool = setting(False, "a setting added later")
+        table: str | None = setting(None, "another")
 
     parser = argparse.ArgumentParser()
     add_flags(parser, More)
-    args = parser.parse_args(["--latency", "--lut", "x.json", "--round-to", "16"])
-    assert given_flags(args, More) == {"latency": True, "lut": "x.json", "round_to": 16}
-    assert More(**given_flags(args, More)).validate().lut == "x.json"
+    args = parser.parse_args(["--dry-run", "--table", "x.json", "--round-to", "16"])
+    assert given_flags(args, More) == {"dry_run": True, "table": "x.json", "round_to": 16}
+    assert More(**given_flags(args, More)).validate().table == "x.json"
 
 
 def test_api_keywords_split_into_settings_options_and_ultralytics():

@@ -55,17 +55,28 @@ class PruneReport(dict):
             ("GFLOPs", f"{self['base_gflops']:.3f}", f"{self['slim_gflops']:.3f}"),
             ("params (M)", f"{self['base_params'] / 1e6:.3f}", f"{self['slim_params'] / 1e6:.3f}"),
         ]
+        if "base_ms" in self:
+            rows.append(("latency ms", f"{self['base_ms']:.3f}", f"{self['predicted_ms']:.3f}"))
         lines = [f"{a:<12}{b:>12}{c:>12}" for a, b, c in rows]
-        lines.append(f"FLOPs cut {self['cut']:.4f} (target {self['target']}, predicted {self['predicted_gflops']:.3f} "
-                     f"GFLOPs at {self['imgsz']}) -> {self['out']}")  # fmt: skip
+        if "base_ms" in self:
+            lines.append(f"latency cut {1 - self['predicted_ms'] / self['base_ms']:.4f} predicted by the table (target "
+                         f"{self['target']}, batch 1 at {self['imgsz']}), FLOPs cut {self['cut']:.4f} -> {self['out']}")
+        else:
+            lines.append(f"FLOPs cut {self['cut']:.4f} (target {self['target']}, predicted {self['predicted_gflops']:.3f} "
+                         f"GFLOPs at {self['imgsz']}) -> {self['out']}")  # fmt: skip
         return "\n".join(lines)
 
 
-def prune(model, flops: float, method: str = "l1", out=None, **settings) -> PruneReport:
-    """One-shot structural prune of `model` to remove `flops` of its FLOPs; saves a slim checkpoint to `out`.
+ONE_SHOT_FIELDS = {"imgsz", "round_to", "min_keep", "latency", "backend", "lut"}  # the PruneSettings prune() takes
 
-    `settings`: `imgsz` (where FLOPs are counted), `round_to`, `min_keep` (PruneSettings) and the method's options
-    (e.g. `random_seed`); `yolo-prune prune --help` lists them with their defaults.
+
+def prune(model, flops: float | None = None, method: str = "l1", out=None, **settings) -> PruneReport:
+    """One-shot structural prune of `model` to remove `flops` of its FLOPs, or with `latency=L` the fraction L of its
+    latency (batch 1 at `imgsz` on `backend`, predicted from the table `lut`, or one measured now and cached); saves a
+    slim checkpoint to `out`.
+
+    `settings`: `imgsz` (where FLOPs and latency are counted), `round_to`, `min_keep`, `latency`, `backend`, `lut`
+    (PruneSettings) and the method's options (e.g. `random_seed`); `yolo-prune prune --help` lists them.
     """
     from ultralytics.utils.torch_utils import get_flops
 
@@ -79,34 +90,79 @@ def prune(model, flops: float, method: str = "l1", out=None, **settings) -> Prun
     from .nn.build import load_model
     from .slim.slim import slim
 
-    _check_flops(flops)
     fields, options, unknown = split_keywords(settings)
-    if unknown or set(fields) - {"imgsz", "round_to", "min_keep"}:
-        bad = sorted(set(unknown) | (set(fields) - {"imgsz", "round_to", "min_keep"}))
-        raise YoloPruneError(f"prune() got unknown or training-only arguments {bad}; it takes imgsz, round_to, "
-                             "min_keep and the method's options.")  # fmt: skip
-    s = PruneSettings(flops=flops, method=method, **fields, options=options).validate(one_shot=True)
+    if unknown or set(fields) - ONE_SHOT_FIELDS:
+        bad = sorted(set(unknown) | (set(fields) - ONE_SHOT_FIELDS))
+        raise YoloPruneError(f"prune() got unknown or training-only arguments {bad}; it takes {sorted(ONE_SHOT_FIELDS)} "
+                             "and the method's options.")  # fmt: skip
+    if isinstance(fields.get("lut"), Path):
+        fields["lut"] = str(fields["lut"])
+    if flops is None and not fields.get("latency"):
+        raise YoloPruneError("Give the cut to make: --flops F (fraction of FLOPs) or --latency L (of latency).")
+    if flops is not None:
+        _check_flops(flops)
+    s = PruneSettings(flops=flops or 0.0, method=method, **fields, options=options).validate(one_shot=True)
     if out is not None:
         check_output_path(out)
     base = load_model(model)
     check_imgsz(base, s.imgsz)
     graph = analyze(base, s.imgsz)
-    budget = Budget(graph, round_to=s.round_to, min_keep=s.min_keep)
+    cost = None
+    if s.latency:
+        from .bench.profile import measure_to_cache
+        from .latency.cost import latency_cost
+
+        cost = latency_cost(base, graph, backend=s.backend, lut=s.lut, measure=measure_to_cache)
+    budget = Budget(graph, round_to=s.round_to, min_keep=s.min_keep, cost=cost)
     pruner = get_method(method)(graph, budget, s.options)
-    target = graph.gflops() * (1 - flops)
+    target = budget.cost.total() * (1 - s.cut)
     masks = pruner.prune_step(PruneContext.one_shot(base, graph, budget, target, settings=s))
     slim_model = slim(base, graph, masks.masks)
     report = PruneReport(
         base_gflops=graph.gflops(), predicted_gflops=masks.gflops(), slim_gflops=get_flops(slim_model, s.imgsz),
-        base_params=_count(base), slim_params=_count(slim_model), target=flops, imgsz=s.imgsz, out=str(out),
+        base_params=_count(base), slim_params=_count(slim_model), target=s.cut, imgsz=s.imgsz, out=str(out),
     )  # fmt: skip
     report["cut"] = 1 - report["slim_gflops"] / report["base_gflops"]
+    targets = {"flops_target": s.flops}
+    if s.latency:
+        report.update(base_ms=budget.cost.total(), predicted_ms=budget.cost.total(masks.masks), backend=s.backend)
+        targets = {"latency_target": s.latency, "backend": s.backend, "base_ms": report["base_ms"],
+                   "predicted_ms": report["predicted_ms"]}  # fmt: skip
     if out is not None:
-        manifest = dict(source=str(model), method=method, options=s.options, flops_target=flops, imgsz=s.imgsz,
+        manifest = dict(source=str(model), method=method, options=s.options, **targets, imgsz=s.imgsz,
                         round_to=s.round_to, widths=masks.alive_count(), base_gflops=report["base_gflops"])  # fmt: skip
         save_checkpoint(slim_model, out, manifest)
     report["model"] = slim_model
     return report
+
+
+def profile(model, backend="onnxruntime", imgsz=640, batch=1, step=8, half=False, runs=10, out=None,
+            plan=None) -> str:  # fmt: skip
+    """Measure the latency table of `model` on `backend` and write it to `out` (lut.json); returns a summary.
+    With `plan` (a folder), measure nothing: write the plan the Jetson kit measures (deploy/jetson/profile_latency.py)."""
+    from .bench.profile import profile_model, write_plan
+    from .errors import YoloPruneError
+    from .export.files import write_json
+    from .latency.lut import LatencyTable
+    from .nn.build import load_model
+
+    if (out is None) == (plan is None):
+        raise YoloPruneError("Give --out lut.json (measure here) or --plan FOLDER (for the Jetson kit), one of them.")
+    _check_model_file(model)
+    _check_imgsz(imgsz)
+    _check_out(out or Path(plan) / "plan.json")
+    if batch < 1 or runs < 1 or step < 1:
+        raise YoloPruneError(f"Need --batch, --runs and --step >= 1, got {batch}, {runs} and {step}.")
+    if plan is not None:
+        path = write_plan(load_model(model), plan, imgsz=imgsz, batch=batch, step=step)
+        return (f"{path}: the plan, with dense.onnx and probe.onnx beside it; on the device run "
+                f"`python3 profile_latency.py --plan {plan} --fp16 --out lut.json` (deploy/jetson)")
+    data = profile_model(load_model(model), backend=backend, imgsz=imgsz, batch=batch, step=step, half=half,
+                         runs=runs)  # fmt: skip
+    table = LatencyTable(data, str(out))
+    write_json(out, data)
+    return (f"{out}: {len(data['sites'])} conv sites on {data['device']} ({data['precision']}), batch {batch} at "
+            f"{imgsz}: dense {table.dense_ms:.3f} ms = fixed {table.fixed_ms:.3f} + {table.scale:.3f} x sites")
 
 
 def info(model, imgsz: int = 640) -> dict:
@@ -181,7 +237,7 @@ def train(cfg=None, data=None, weights=None, **kwargs) -> dict:
         cfg: model YAML (ours by name, Ultralytics' by name, or a path); default yolov7-tiny.yaml.
         data: Ultralytics dataset YAML; default: the embedded demo dataset (generated once, kept on disk).
         weights: initialise from this checkpoint (Ultralytics, or an official YOLOv5/YOLOv7 one, imported).
-        **kwargs: the pruning settings (PruneSettings' fields: `flops`, `method`, `round_to`, `min_keep`,
+        **kwargs: the pruning settings (PruneSettings' fields: `flops` or `latency` (with `backend`, `lut`), `method`, `round_to`, `min_keep`,
             `warmup_frac`, `prune_frac`, `steps_per_epoch`, `compensate`, `distill`, and `flops_imgsz`, the image
             size FLOPs are counted at), the chosen method's options (e.g. `regrow` for effp, `kappa` for asfp), and
             any Ultralytics train argument (epochs, imgsz, batch, device, project, name, resume, ...). The same names
@@ -193,6 +249,11 @@ def train(cfg=None, data=None, weights=None, **kwargs) -> dict:
     from .methods.settings import TRAIN_RENAME, PruneSettings, split_keywords
     from .train.run import run_training
 
+    from .bench.profile import measure_to_cache
+
     fields, options, overrides = split_keywords(kwargs, TRAIN_RENAME)
+    if isinstance(fields.get("lut"), Path):
+        fields["lut"] = str(fields["lut"])
     settings = PruneSettings(**fields, options=options).validate()
-    return run_training(cfg=cfg, settings=settings, data=data, weights=weights, overrides=overrides)
+    return run_training(cfg=cfg, settings=settings, data=data, weights=weights, overrides=overrides,
+                        measure=measure_to_cache)  # fmt: skip

@@ -10,7 +10,7 @@ from dataclasses import fields
 
 from .errors import YoloPruneError
 
-ONE_SHOT_SETTINGS = ("imgsz", "round_to", "min_keep")  # the PruneSettings a one-shot prune uses
+ONE_SHOT_SETTINGS = ("imgsz", "round_to", "min_keep", "latency", "backend", "lut")  # what a one-shot prune uses
 TRUST_HELP = ("load checkpoints with the ordinary unpickler, which runs code stored in them: only for files from a "
               "source you trust (default: a restricted loader refuses such code)")
 
@@ -47,9 +47,9 @@ def _build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="yolo-prune", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
 
-    p = sub.add_parser("prune", help="one-shot structural prune to a FLOPs target, saved as an Ultralytics .pt")
+    p = sub.add_parser("prune", help="one-shot structural prune to a FLOPs or latency target, saved as a .pt")
     _model_arg(p)
-    p.add_argument("--flops", type=float, required=True, help="fraction of FLOPs to remove, in (0, 1)")
+    p.add_argument("--flops", type=float, default=None, help="fraction of FLOPs to remove, in (0, 1) (or --latency)")
     p.add_argument("--method", default="l1", choices=list_methods(one_shot=True))
     add_flags(p, PruneSettings, only=ONE_SHOT_SETTINGS)
     _method_flags(p, one_shot=True)
@@ -104,6 +104,18 @@ def _build_parser() -> argparse.ArgumentParser:
     p.add_argument("--runs", type=int, default=50)
     p.add_argument("--half", action="store_true")
     p.add_argument("--json", dest="json_out", default=None)
+
+    p = sub.add_parser("profile", help="measure the latency table (lut.json) of a model's conv sites on a backend")
+    _model_arg(p)
+    p.add_argument("--backend", choices=["onnxruntime", "tensorrt"], default="onnxruntime")
+    p.add_argument("--imgsz", type=int, default=640)
+    p.add_argument("--batch", type=int, default=1)
+    p.add_argument("--step", type=int, default=8, help="output widths are measured at multiples of this")
+    p.add_argument("--half", action="store_true", help="FP16 engines (tensorrt)")
+    p.add_argument("--runs", type=int, default=10, help="timed runs per width (interleaved)")
+    p.add_argument("--out", default=None, help="the table to write (lut.json)")
+    p.add_argument("--plan", default=None, help="measure nothing: write the plan for the Jetson kit to this folder "
+                   "(deploy/jetson/profile_latency.py measures it on the device)")
 
     sub.add_parser("yolo", help="Ultralytics' CLI with our models installed: yolo-prune yolo train model=yolov7.yaml "
                    "data=coco8.yaml ... (any `yolo` command)")  # handled in main(), before parsing
@@ -177,6 +189,9 @@ def _dispatch(args):
             args.model, backend=args.backend, imgsz=args.imgsz, batch=args.batch, warmup=args.warmup,
             runs=args.runs, half=args.half, json_out=args.json_out,
         )  # fmt: skip
+    if args.command == "profile":
+        return api.profile(args.model, backend=args.backend, imgsz=args.imgsz, batch=args.batch, step=args.step,
+                           half=args.half, runs=args.runs, out=args.out, plan=args.plan)  # fmt: skip
     if args.command == "import":
         return api.import_checkpoint(args.checkpoint, out=args.out)
     raise AssertionError(args.command)

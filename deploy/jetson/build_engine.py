@@ -138,6 +138,8 @@ def _build(trt, cuda, scope, args):
             raise SystemExit("TensorRT rejected the optimization profile %s" % (shapes,))
     if args.fp16 or args.int8:
         scope.config.set_flag(trt.BuilderFlag.FP16)
+    if getattr(args, "timing_cache", None):
+        _use_timing_cache(scope, args.timing_cache)
     kept = _set_int8(trt, cuda, scope, args, batch, imgsz, shape[0] == -1) if args.int8 else []
     if args.dla is not None:
         scope.config.default_device_type = trt.DeviceType.DLA
@@ -147,6 +149,8 @@ def _build(trt, cuda, scope, args):
     if serialized is None:
         raise SystemExit("TensorRT failed to build the engine (see the log above)")
     _write(args.engine, bytes(serialized))
+    if getattr(args, "timing_cache", None):
+        _write(args.timing_cache, bytes(scope.config.get_timing_cache().serialize()))
     return batch, "int8" if args.int8 else "fp16" if args.fp16 else "fp32", kept
 
 
@@ -157,7 +161,21 @@ def _profile(scope, name, shapes):
     return getattr(scope, name)
 
 
+def _use_timing_cache(scope, path: str):
+    """Reuse kernel timings across builds (profile_latency.py builds thousands of small engines)."""
+    data = b""
+    if os.path.isfile(path):
+        with open(path, "rb") as f:
+            data = f.read()
+    scope.timing_cache = scope.config.create_timing_cache(data)
+    scope.config.set_timing_cache(scope.timing_cache, False)
+
+
 def _set_int8(trt, cuda, scope, args, batch, imgsz, dynamic):
+    if getattr(args, "timing_ranges", False):  # latency only (profile_latency.py): no calibration, fixed ranges
+        scope.config.set_flag(trt.BuilderFlag.INT8)
+        trtkit.set_timing_ranges(trt, scope.network)
+        return []
     plan = int8_plan(args, batch)
     scope.config.set_flag(trt.BuilderFlag.INT8)
     batches = calibration_batches(plan["files"], imgsz, batch)

@@ -230,3 +230,23 @@ def reuse_cache(key: dict, stored: Optional[dict], cache_file: str) -> bool:
                          "recalibrate" % (cache_file, cache_file))  # fmt: skip
     return True
 
+
+
+# ------------------------------------------------------------------------------------------- INT8 for timing only
+
+
+TIMING_RANGE = 4.0  # |activation| range given to every tensor of an engine built only to be timed
+
+
+def set_timing_ranges(trt, network) -> int:
+    """Give every network input and layer output a fixed dynamic range, so TensorRT builds INT8 kernels without
+    calibration (as `trtexec --int8` does without a cache): right for timing, not for accuracy. Returns the count."""
+    count = 0
+    tensors = [network.get_input(i) for i in range(network.num_inputs)]
+    for i in range(network.num_layers):
+        layer = network.get_layer(i)
+        tensors.extend(layer.get_output(j) for j in range(layer.num_outputs))
+    for tensor in tensors:
+        if tensor.dtype in (trt.float32, trt.float16) and tensor.set_dynamic_range(-TIMING_RANGE, TIMING_RANGE):
+            count += 1
+    return count

@@ -102,17 +102,20 @@ class OnnxRuntimeRunner:
     end-to-end adds placing the host input there and copying the output back.
     """
 
-    def __init__(self, onnx_file, imgsz: tuple[int, int], batch: int):
+    def __init__(self, onnx_file, imgsz: tuple[int, int] | None, batch: int):
+        """`onnx_file`: a path, or the serialized model (bytes) of a graph with a fixed input shape (imgsz None)."""
         import onnxruntime as ort
 
         wanted = [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in ort.get_available_providers()]
         options = ort.SessionOptions()
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         self.ort, self.batch = ort, batch
-        self.session = ort.InferenceSession(str(onnx_file), options, providers=wanted)
+        source = onnx_file if isinstance(onnx_file, bytes) else str(onnx_file)
+        self.session = ort.InferenceSession(source, options, providers=wanted)
         inp = self.session.get_inputs()[0]
-        self.input_name, (h, w) = inp.name, _check_onnx_input(onnx_file, inp.shape, imgsz, batch)
-        self.host = random_input((batch, 3, h, w))
+        self.input_name = inp.name
+        shape = tuple(inp.shape) if imgsz is None else (batch, 3, *_check_onnx_input(onnx_file, inp.shape, imgsz, batch))
+        self.host = random_input(shape)
         provider = self.session.get_providers()[0]
         self.where = "cpu" if provider.startswith("CPU") else "cuda"
         self.binding = self.session.io_binding()

@@ -54,7 +54,7 @@ class ASFP(TaylorScored):
         lo, hi = 0.0, self.options.max_scale
         for _ in range(40):  # smallest sigma whose FLOPs still reach the target (then trimmed exactly below)
             mid = (lo + hi) / 2
-            if self.graph.gflops(_resize(scores, masks.masks, self._widths(proposal, mid))) >= target_gflops:
+            if self.budget.cost.total(_resize(scores, masks.masks, self._widths(proposal, mid))) >= target_gflops:
                 hi = mid
             else:
                 lo = mid

@@ -17,7 +17,7 @@ class Schedule:
         n = max(1, math.ceil(settings.steps_per_epoch * (end - start)))
         self.positions = [start + (k + 1) * (end - start) / n for k in range(n)]
         self.start, self.end = start, end
-        self.flops = settings.flops
+        self.flops = settings.cut  # of FLOPs, or of latency with --latency
 
     def due(self, position: float, done: int) -> int | None:
         """Index of the latest step due at `position` (epochs) that has not been done, else None."""
@@ -33,5 +33,5 @@ class Schedule:
         return min(max((position - self.start) / max(self.end - self.start, 1e-12), 0.0), 1.0)
 
     def cut(self, k: int) -> float:
-        """FLOPs fraction removed after step k: the cubic ramp prunes fast while the net is redundant, then gently."""
+        """Fraction (of FLOPs, or latency) removed after step k: the cubic ramp prunes fast while the net is redundant, then gently."""
         return self.flops * (1 - (1 - self.progress(k)) ** 3)

@@ -40,12 +40,32 @@ class PruneSettings(Options):
         "distillation loss at the head inputs (methods/damage.py; needs --distill, 2 extra passes per pruning step)",
         choices=["taylor", "damage"],
     )
+    latency: float = setting(0.0, "fraction of latency to remove instead of FLOPs, e.g. 0.3 (batch 1 at the FLOPs "
+                             "image size on --backend; predicted from a measured table, docs/latency.md)")  # fmt: skip
+    backend: str = setting("onnxruntime", "where latency is measured (with --latency)",
+                           choices=["onnxruntime", "tensorrt"])  # fmt: skip
+    lut: str | None = setting(None, "latency table from `yolo-prune profile` (with --latency); default: measured once "
+                              "and cached under ~/.cache/yolo-prune/latency (the path is printed)")  # fmt: skip
     # the chosen method's options (its Options dataclass as a dict, every field filled in by validate)
     options: dict = field(default_factory=dict, metadata={"flag": False})
+
+    @property
+    def cut(self) -> float:
+        """The fraction to remove, of FLOPs or of latency (0: no pruning)."""
+        return self.latency or self.flops
 
     def check(self) -> None:
         if not 0 <= self.flops < 1:
             raise YoloPruneError(f"--flops must be a fraction in [0, 1) (e.g. 0.37), got {self.flops}.")
+        if self.flops and self.latency:
+            raise YoloPruneError("Give either --flops (fraction of FLOPs to remove) or --latency (fraction of "
+                                 "latency to remove), not both.")  # fmt: skip
+        if not 0 <= self.latency < 1:
+            raise YoloPruneError(f"--latency must be a fraction in [0, 1) (e.g. 0.3), got {self.latency}.")
+        if self.backend not in ("onnxruntime", "tensorrt"):
+            raise YoloPruneError(f"--backend must be onnxruntime or tensorrt, got '{self.backend}'.")
+        if self.lut is not None and not self.latency:
+            raise YoloPruneError("--lut is the latency table for --latency; add --latency L or drop --lut.")
         if not 0 <= self.warmup_frac < self.prune_frac <= 1:
             raise YoloPruneError(
                 f"Need 0 <= --warmup-frac < --prune-frac <= 1, got {self.warmup_frac} and {self.prune_frac}."
@@ -65,10 +85,10 @@ class PruneSettings(Options):
         """Types and ranges, the method (one usable in training, or one-shot), and the method's options."""
         super().validate()
         cls = get_method(self.method)
-        if self.flops and one_shot and not cls.one_shot:
+        if self.cut and one_shot and not cls.one_shot:
             raise YoloPruneError(f"Method '{self.method}' prunes during training; use `yolo-prune train --method "
                                  f"{self.method}`.")  # fmt: skip
-        if self.flops and not one_shot and not cls.in_training:
+        if self.cut and not one_shot and not cls.in_training:
             raise YoloPruneError(f"Method '{self.method}' prunes a trained model at once; use `yolo-prune prune "
                                  f"--method {self.method}`, or one of {_methods(in_training=True)} here.")  # fmt: skip
         self.options = build_options(self.method, self.options).to_dict()

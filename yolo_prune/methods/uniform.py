@@ -34,7 +34,7 @@ class Uniform(PruningMethod):
         lo, hi = 0.0, 1.0  # fraction removed from every group
         for _ in range(30):
             mid = (lo + hi) / 2
-            if self.graph.gflops(self._keep(order, alive, mid)) >= ctx.target_gflops:
+            if self.budget.cost.total(self._keep(order, alive, mid)) >= ctx.target_gflops:
                 lo = mid
             else:
                 hi = mid

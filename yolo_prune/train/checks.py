@@ -51,18 +51,23 @@ def check_classes(model, nc: int, weights) -> None:
                              "with the same classes (a pruned head cannot be rebuilt for another count).")  # fmt: skip
 
 
-def check_reachable(model, settings) -> None:
-    """Fail now, not at the first pruning step, when the FLOPs cut is deeper than the floors allow."""
-    if not settings.flops:
+def check_reachable(model, settings, measure=None) -> None:
+    """Fail now, not at the first pruning step, when the cut is deeper than the floors allow (or, with --latency,
+    when the latency table does not fit the model; a missing table is measured here by `measure`, once, and
+    cached for the trainer to read)."""
+    if not settings.cut:
         return
     from ..graph.analyze import analyze
     from ..masks.budget import Budget
+    from .pruner import cost_model
 
     graph = analyze(model, settings.imgsz)
-    base, floor = graph.gflops(), Budget(graph, settings.round_to, settings.min_keep).min_gflops()
-    if base * (1 - settings.flops) < floor - 1e-9:
+    budget = Budget(graph, settings.round_to, settings.min_keep, cost=cost_model(model, graph, settings, measure))
+    base, floor = budget.cost.total(), budget.min_total()
+    if base * (1 - settings.cut) < floor - 1e-9:
+        flag = "--latency" if settings.latency else "--flops"
         raise YoloPruneError(
-            f"--flops {settings.flops} is unreachable for this model with --round-to {settings.round_to} and "
-            f"--min-keep {settings.min_keep}: the largest reachable cut is {1 - floor / base:.3f}. Lower --flops "
+            f"{flag} {settings.cut} is unreachable for this model with --round-to {settings.round_to} and "
+            f"--min-keep {settings.min_keep}: the largest reachable cut is {1 - floor / base:.3f}. Lower {flag} "
             "or --min-keep."
         )

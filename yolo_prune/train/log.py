@@ -169,7 +169,9 @@ class PruneLog:
         x = [r["position"] for r in rows]
         ax.axhline(self.base_gflops, color="#888888", linestyle="--", label=f"dense {self.base_gflops:.3g} GFLOPs")
         if rows:
-            ax.plot(x, [r["target_gflops"] for r in rows], color="#999999", label="target")
+            targets = [(r["position"], r["target_gflops"]) for r in rows if r["target_gflops"] is not None]
+            if targets:  # none in a latency-targeted run (its target is in ms)
+                ax.plot(*zip(*targets), color="#999999", label="target")
             ax.plot(x, [r["gflops"] for r in rows], marker=".", color="#2f6db5", label="pruned")
         ax.set_ylabel("GFLOPs")
         ax.set_ylim(0, 1.1 * max([self.base_gflops] + [r["gflops"] for r in rows]))

@@ -39,10 +39,11 @@ class InTrainingPruner:
     def __init__(self, model: nn.Module, settings: PruneSettings, epochs: int, loss=None):
         self.settings, self.model = settings, model
         self.graph = analyze(model, settings.imgsz)
-        self.budget = Budget(self.graph, settings.round_to, settings.min_keep)
+        self.budget = Budget(self.graph, settings.round_to, settings.min_keep, cost_model(model, self.graph, settings))
         self.method = get_method(settings.method)(self.graph, self.budget, settings.options)
         self.schedule = Schedule(settings, epochs)
         self.base_gflops = self.graph.gflops()
+        self.base_cost = self.budget.cost.total()  # GFLOPs, or ms with --latency: what the schedule's cut applies to
         self.masks = MaskSet(self.graph)
         self.steps_done = 0
         self.stopped = False  # a method ended pruning early (on_epoch_end)
@@ -143,14 +144,15 @@ class InTrainingPruner:
         k = None if self.final else self.schedule.due(position, self.steps_done)
         if k is None:
             return None
-        target = self.base_gflops * (1 - self.schedule.cut(k))
+        target = self.base_cost * (1 - self.schedule.cut(k))
         old = self.masks.masks
         ctx = self.context(position=position, step=k, target_gflops=target, progress=self.schedule.progress(k))
         with self._dense(model):  # score on dense values: masked channels compete for regrowth
             new = _broadcast(self.method.prune_step(ctx).masks)
         compensated = self._switch(new, model, ema)
         self.steps_done = k + 1
-        return {"step": k, "target_gflops": target, "compensated": compensated, **_changes(old, self.masks.masks),
+        flops = self.budget.cost.unit == "GFLOPs"  # the log's target column is in GFLOPs: empty for a latency run
+        return {"step": k, "target_gflops": target if flops else None, "compensated": compensated, **_changes(old, self.masks.masks),
                 "extra": self._take_logged()}  # fmt: skip
 
     def epoch_end(self, model: nn.Module, ema, metrics: dict | None, position: float) -> dict | None:
@@ -276,6 +278,16 @@ class InTrainingPruner:
         self.masks.apply(model)
         if ema is not None:
             self.masks.apply(ema.ema)
+
+
+def cost_model(model: nn.Module, graph, settings: PruneSettings, measure=None):
+    """None (FLOPs, the budget's default) or the latency cost model of `settings.lut` or the cached table (measured
+    with `measure` when there is none yet; without it, one clear error)."""
+    if not settings.latency:
+        return None
+    from ..latency.cost import latency_cost
+
+    return latency_cost(model, graph, backend=settings.backend, lut=settings.lut, measure=measure)
 
 
 def _changes(old: dict[str, np.ndarray], new: dict[str, np.ndarray]) -> dict[str, int]:

@@ -18,20 +18,21 @@ DEFAULT_CFG_NAME = "yolov7-tiny.yaml"
 DEMO_DEFAULTS = {"epochs": 3, "imgsz": 160, "batch": 16}  # the README demo: minutes on a 2-core CPU
 
 
-def run_training(cfg, settings: PruneSettings, data, weights, overrides: dict) -> dict:
-    """Check everything that can be checked, then train; nothing is written before the checks pass."""
+def run_training(cfg, settings: PruneSettings, data, weights, overrides: dict, measure=None) -> dict:
+    """Check everything that can be checked, then train; nothing is written before the checks pass (but a latency
+    table, measured by `measure` when --latency has none yet, into the cache)."""
     from .log import summary_table
 
     overrides = dict(overrides)
     if overrides.get("resume"):  # a last.pt path, or True for the newest run (Ultralytics' rule)
         result = _resume(overrides)
     else:
-        result = _train(cfg, settings, data, weights, overrides)
+        result = _train(cfg, settings, data, weights, overrides, measure)
     print("\n" + summary_table(result["rows"]), flush=True)
     return result
 
 
-def _train(cfg, settings, data, weights, overrides: dict) -> dict:
+def _train(cfg, settings, data, weights, overrides: dict, measure=None) -> dict:
     from .trainer import PruneTrainer
 
     if data is None:
@@ -42,7 +43,7 @@ def _train(cfg, settings, data, weights, overrides: dict) -> dict:
     if data is None:
         print(f"yolo-prune: no --data given, training on the embedded demo dataset {data_file}", flush=True)
     base = _initial_model(cfg, weights, info["nc"])
-    check_reachable(base, settings)
+    check_reachable(base, settings, measure)
     trainer = PruneTrainer(overrides={**overrides, "model": _model_argument(cfg, weights), "data": str(data_file)},
                            prune=settings)  # fmt: skip
     base_row = _base_row(base, settings.imgsz)

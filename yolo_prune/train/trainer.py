@@ -130,7 +130,7 @@ class PruneTrainer(DetectionTrainer):
     def set_model_attributes(self):
         """Ultralytics' hook for the model before compile, DDP, optimizer and EMA: the pruner and the method's setup."""
         super().set_model_attributes()
-        if not self.prune_settings.flops:
+        if not self.prune_settings.cut:
             return
         if self.prune_settings.compensate is None:  # resolved once; a resumed run reads it back from last.pt
             self.prune_settings.compensate = self._from_weights
@@ -162,8 +162,9 @@ class PruneTrainer(DetectionTrainer):
             self.prune_log = PruneLog(self.save_dir, [x.name for x in g.groups], [x.width for x in g.groups],
                                       self.pruner.base_gflops)  # fmt: skip
             LOGGER.info(
-                f"yolo-prune: {self.prune_settings.method} to remove {self.prune_settings.flops:.0%} of "
-                f"{self.pruner.base_gflops:.2f} GFLOPs at {self.prune_settings.imgsz}; {len(g.groups)} channel groups, "
+                f"yolo-prune: {self.prune_settings.method} to remove {self.prune_settings.cut:.0%} of "
+                f"{self.pruner.base_cost:.2f} {self.pruner.budget.cost.unit} at {self.prune_settings.imgsz}; "
+                f"{len(g.groups)} channel groups, "
                 f"{len(self.pruner.schedule.positions)} pruning steps between epochs "
                 f"{self.pruner.schedule.positions[0]:.2f} and {self.pruner.schedule.positions[-1]:.2f}"
             )
