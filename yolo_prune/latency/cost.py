@@ -38,6 +38,9 @@ class LatencyCost:
     def internal(self, ms: float) -> float:
         return ms
 
+    def external(self, ms: float) -> float:
+        return ms
+
     def total(self, masks: dict[str, np.ndarray] | None = None) -> float:
         alive = self.graph.alive_components(masks or {})
         return self.table.predict([(alive[s.in_comp].sum(), alive[s.out_comp].sum()) for s in self.graph.sites])

@@ -2,7 +2,7 @@
 
 Greedy on cost-normalised importance: repeatedly remove, from the group where it hurts least per unit of cost saved,
 the next chunk of its lowest-scoring channels, until the predicted cost meets the target. The cost is FLOPs by
-default (`FlopsCost`) or any model with the same four members, e.g. latency from a measured table
+default (`FlopsCost`) or any model with the same members (site, fixed, internal/external units, total, stairs), e.g. latency from a measured table
 (latency/cost.py). Chunks step down each group's *ladder* of allowed widths: for FLOPs the multiples of `round_to`
 (a group narrower than a multiple of it first drops its remainder); a cost model may keep only some of those (the
 widths where latency actually drops). No group goes below its floor. Per-layer rates are not set anywhere: they
@@ -37,6 +37,9 @@ class FlopsCost:
 
     def internal(self, gflops: float) -> float:
         return gflops / 2 * 1e9
+
+    def external(self, macs: float) -> float:
+        return 2 * macs / 1e9
 
     def total(self, masks: dict[str, np.ndarray] | None = None) -> float:
         return self.graph.gflops(masks)
@@ -174,12 +177,13 @@ class Budget:
         return cin, cout
 
     def saved_gflops(self, gid: int, chunk: np.ndarray, cin: np.ndarray, cout: np.ndarray) -> float:
-        """GFLOPs saved by removing the alive local channels `chunk` of group `gid` from the state (cin, cout).
+        """GFLOPs (the cost model's unit: ms with latency) saved by removing the alive local channels `chunk` of group
+        `gid` from the state (cin, cout).
 
         Only the sites that group touches are recomputed, so sizing a cut in every group costs microseconds.
         """
         saved = 0.0
         for i, occ_out, occ_in in self.touch[gid]:
-            after = self._cost(i, cin[i] - occ_in[chunk].sum(), cout[i] - occ_out[chunk].sum())
-            saved += self._cost(i, cin[i], cout[i]) - after
-        return 2 * saved / 1e9
+            after = self.cost.site(i, cin[i] - occ_in[chunk].sum(), cout[i] - occ_out[chunk].sum())
+            saved += self.cost.site(i, cin[i], cout[i]) - after
+        return self.cost.external(saved)
