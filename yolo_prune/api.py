@@ -62,8 +62,8 @@ class PruneReport(dict):
             lines.append(f"latency cut {1 - self['predicted_ms'] / self['base_ms']:.4f} predicted by the table (target "
                          f"{self['target']}, batch 1 at {self['imgsz']}), FLOPs cut {self['cut']:.4f} -> {self['out']}")
         else:
-            lines.append(f"FLOPs cut {self['cut']:.4f} (target {self['target']}, predicted {self['predicted_gflops']:.3f} "
-                         f"GFLOPs at {self['imgsz']}) -> {self['out']}")  # fmt: skip
+            lines.append(f"FLOPs cut {self['cut']:.4f} (target {self['target']}, predicted "
+                         f"{self['predicted_gflops']:.3f} GFLOPs at {self['imgsz']}) -> {self['out']}")  # fmt: skip
         return "\n".join(lines)
 
 
@@ -93,8 +93,8 @@ def prune(model, flops: float | None = None, method: str = "l1", out=None, **set
     fields, options, unknown = split_keywords(settings)
     if unknown or set(fields) - ONE_SHOT_FIELDS:
         bad = sorted(set(unknown) | (set(fields) - ONE_SHOT_FIELDS))
-        raise YoloPruneError(f"prune() got unknown or training-only arguments {bad}; it takes {sorted(ONE_SHOT_FIELDS)} "
-                             "and the method's options.")  # fmt: skip
+        raise YoloPruneError(f"prune() got unknown or training-only arguments {bad}; it takes "
+                             f"{sorted(ONE_SHOT_FIELDS)} and the method's options.")  # fmt: skip
     if isinstance(fields.get("lut"), Path):
         fields["lut"] = str(fields["lut"])
     if flops is None and not fields.get("latency"):
@@ -139,7 +139,8 @@ def prune(model, flops: float | None = None, method: str = "l1", out=None, **set
 def profile(model, backend="onnxruntime", imgsz=640, batch=1, step=8, half=False, runs=10, out=None,
             plan=None) -> str:  # fmt: skip
     """Measure the latency table of `model` on `backend` and write it to `out` (lut.json); returns a summary.
-    With `plan` (a folder), measure nothing: write the plan the Jetson kit measures (deploy/jetson/profile_latency.py)."""
+    With `plan` (a folder), measure nothing: write the plan the Jetson kit measures (deploy/jetson/
+    profile_latency.py)."""
     from .bench.profile import profile_model, write_plan
     from .errors import YoloPruneError
     from .export.files import write_json
@@ -237,7 +238,8 @@ def train(cfg=None, data=None, weights=None, **kwargs) -> dict:
         cfg: model YAML (ours by name, Ultralytics' by name, or a path); default yolov7-tiny.yaml.
         data: Ultralytics dataset YAML; default: the embedded demo dataset (generated once, kept on disk).
         weights: initialise from this checkpoint (Ultralytics, or an official YOLOv5/YOLOv7 one, imported).
-        **kwargs: the pruning settings (PruneSettings' fields: `flops` or `latency` (with `backend`, `lut`), `method`, `round_to`, `min_keep`,
+        **kwargs: the pruning settings (PruneSettings' fields: `flops` or `latency` (with `backend`, `lut`),
+            `method`, `round_to`, `min_keep`,
             `warmup_frac`, `prune_frac`, `steps_per_epoch`, `compensate`, `distill`, and `flops_imgsz`, the image
             size FLOPs are counted at), the chosen method's options (e.g. `regrow` for effp, `kappa` for asfp), and
             any Ultralytics train argument (epochs, imgsz, batch, device, project, name, resume, ...). The same names
@@ -246,10 +248,9 @@ def train(cfg=None, data=None, weights=None, **kwargs) -> dict:
     Returns:
         dict with `best`, `last` checkpoint paths, `save_dir` and the summary `rows` (base and slim).
     """
+    from .bench.profile import measure_to_cache
     from .methods.settings import TRAIN_RENAME, PruneSettings, split_keywords
     from .train.run import run_training
-
-    from .bench.profile import measure_to_cache
 
     fields, options, overrides = split_keywords(kwargs, TRAIN_RENAME)
     if isinstance(fields.get("lut"), Path):

@@ -56,7 +56,8 @@ def read_plan(folder: str) -> dict:
         with open(path) as f:
             plan = json.load(f)
     except (OSError, ValueError) as e:
-        raise SystemExit("cannot read %s (%s): write it with `yolo-prune profile --plan %s`" % (path, e, folder))
+        message = "cannot read %s (%s): write it with `yolo-prune profile --plan %s`" % (path, e, folder)
+        raise SystemExit(message) from None
     if not isinstance(plan, dict) or plan.get("format") != FORMAT or plan.get("version") != VERSION:
         raise SystemExit("%s is not a yolo-prune latency plan (format %s, version %d)" % (path, FORMAT, VERSION))
     if not isinstance(plan.get("sites"), list) or "probe" not in plan:
@@ -65,7 +66,7 @@ def read_plan(folder: str) -> dict:
         try:
             sitegraph.check_spec(site)
         except ValueError as e:
-            raise SystemExit("%s: %s" % (path, e))
+            raise SystemExit("%s: %s" % (path, e)) from None
     for name in ("dense.onnx", "probe.onnx"):
         if not os.path.isfile(os.path.join(folder, name)):
             raise SystemExit("%s is missing from %s: write the plan again" % (name, folder))

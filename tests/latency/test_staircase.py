@@ -1,5 +1,5 @@
 """The budget's ladder follows the measured staircase: a latency table of a kernel that pads input and output channels
-to blocks of 16 makes every cut width a multiple of 16, though the alignment grid (--round-to 8) allows multiples of 8."""
+to blocks of 16 never stops a group on a plateau, though the alignment grid (--round-to 8) allows multiples of 8."""
 
 import numpy as np
 

@@ -114,7 +114,8 @@ class OnnxRuntimeRunner:
         self.session = ort.InferenceSession(source, options, providers=wanted)
         inp = self.session.get_inputs()[0]
         self.input_name = inp.name
-        shape = tuple(inp.shape) if imgsz is None else (batch, 3, *_check_onnx_input(onnx_file, inp.shape, imgsz, batch))
+        sides = None if imgsz is None else _check_onnx_input(onnx_file, inp.shape, imgsz, batch)
+        shape = tuple(inp.shape) if sides is None else (batch, 3, *sides)
         self.host = random_input(shape)
         provider = self.session.get_providers()[0]
         self.where = "cpu" if provider.startswith("CPU") else "cuda"

@@ -160,8 +160,9 @@ class TrtTimer:
         from ..bench.trt_runner import TensorRTRunner
         from ..export import export_model
 
+        folder = Path(self._tmp.name)
         engines = [export_model(m, format="engine", half=self.half, imgsz=hw, batch=self.batch,
-                                out=Path(self._tmp.name) / f"model{i}.engine") for i, m in enumerate(models)]  # fmt: skip
+                                out=folder / f"model{i}.engine") for i, m in enumerate(models)]  # fmt: skip
         return _time([lambda e=e: TensorRTRunner(e, self.batch) for e in engines], 10, runs)
 
 

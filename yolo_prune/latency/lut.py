@@ -6,7 +6,8 @@ diagonal points; plus the dense model's time and that of a *probe* (the model at
 A table is data from a user (it may come from a Jetson): it is read with `json` and checked field by field.
 
 The fit, per site: timings along an axis are made monotone and to end at the full-width time (`monotone`: noise on a
-shared machine is one-sided and must not make a narrower site look slower); the interaction of the two sides follows t(cin, cout) = t0 + (a(cout) - t0) *
+shared machine is one-sided and must not make a narrower site look slower); the interaction of the two sides
+follows t(cin, cout) = t0 + (a(cout) - t0) *
 (b(cin) - t0) / (T - t0), with a and b the axis curves, T the full-width time and t0 the part of the site that does not
 scale with either side (launch, reorders), solved from each diagonal point in closed form and taken as the median.
 This is exact for any cost of the form t0 + f(cout) g(cin), staircases in f and g included.
@@ -124,7 +125,8 @@ class LatencyTable:
         try:
             data = json.loads(path.read_text())
         except FileNotFoundError:
-            raise YoloPruneError(f"Latency table '{path}' does not exist; measure one with `yolo-prune profile`.") from None
+            raise YoloPruneError(f"Latency table '{path}' does not exist; measure one with `yolo-prune profile`."
+                                 ) from None
         except (OSError, UnicodeDecodeError, ValueError) as e:
             raise YoloPruneError(f"Latency table '{path}' is not readable JSON ({e}).") from None
         return cls(data, str(path))
@@ -162,7 +164,8 @@ def check_table(d, where: str):
         raise YoloPruneError(f"{where} is not a valid latency table: {msg}.")
 
     if not isinstance(d, dict) or d.get("format") != FORMAT:
-        fail(f"'format' must be '{FORMAT}' (write tables with `yolo-prune profile` or deploy/jetson/profile_latency.py)")
+        fail(f"'format' must be '{FORMAT}' (write tables with `yolo-prune profile` or the Jetson kit's "
+             "profile_latency.py)")
     if d.get("version") != VERSION:
         fail(f"version {d.get('version')!r} is not {VERSION}")
     if d.get("backend") not in BACKENDS or d.get("precision") not in PRECISIONS:

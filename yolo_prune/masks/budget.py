@@ -2,7 +2,8 @@
 
 Greedy on cost-normalised importance: repeatedly remove, from the group where it hurts least per unit of cost saved,
 the next chunk of its lowest-scoring channels, until the predicted cost meets the target. The cost is FLOPs by
-default (`FlopsCost`) or any model with the same members (site, fixed, internal/external units, total, stairs), e.g. latency from a measured table
+default (`FlopsCost`) or any model with the same members (site, fixed, internal/external units, total, stairs),
+e.g. latency from a measured table
 (latency/cost.py). Chunks step down each group's *ladder* of allowed widths: for FLOPs the multiples of `round_to`
 (a group narrower than a multiple of it first drops its remainder); a cost model may keep only some of those (the
 widths where latency actually drops). No group goes below its floor. Per-layer rates are not set anywhere: they

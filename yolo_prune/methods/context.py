@@ -35,7 +35,7 @@ class PruneContext:
     progress: float = 0.0  # 0 -> 1 across the pruning phase (the last step done, or the one being taken)
     phase: float = 0.0  # progress through the pruning phase at `position`, continuous (0 -> 1, and 1 after it)
     step: int | None = None  # index of the pruning step being taken (prune_step), else None
-    target_gflops: float | None = None  # this step's target (prune_step), in the budget's unit: GFLOPs, ms with --latency
+    target_gflops: float | None = None  # this step's target (prune_step) in the budget's unit: GFLOPs (ms: --latency)
     final: bool = False  # the masks are final (the schedule ran out or a method ended pruning)
     metrics: dict | None = None  # the latest validation metrics (Ultralytics' keys, e.g. "metrics/mAP50-95(B)")
     images: torch.Tensor | None = None  # the latest training images (preprocessed), for statistics

@@ -33,5 +33,6 @@ class Schedule:
         return min(max((position - self.start) / max(self.end - self.start, 1e-12), 0.0), 1.0)
 
     def cut(self, k: int) -> float:
-        """Fraction (of FLOPs, or latency) removed after step k: the cubic ramp prunes fast while the net is redundant, then gently."""
+        """Fraction (of FLOPs, or latency) removed after step k: the cubic ramp prunes fast while the net is redundant,
+        then gently."""
         return self.flops * (1 - (1 - self.progress(k)) ** 3)

@@ -152,7 +152,8 @@ class InTrainingPruner:
         compensated = self._switch(new, model, ema)
         self.steps_done = k + 1
         flops = self.budget.cost.unit == "GFLOPs"  # the log's target column is in GFLOPs: empty for a latency run
-        return {"step": k, "target_gflops": target if flops else None, "compensated": compensated, **_changes(old, self.masks.masks),
+        return {"step": k, "target_gflops": target if flops else None, "compensated": compensated,
+                **_changes(old, self.masks.masks),
                 "extra": self._take_logged()}  # fmt: skip
 
     def epoch_end(self, model: nn.Module, ema, metrics: dict | None, position: float) -> dict | None:
