@@ -99,6 +99,11 @@ def taylor(graph: ChannelGraph, per_norm: dict[str, np.ndarray]) -> dict[str, np
     """
     per_conv = {s.site.name: np.sqrt(per_norm[s.site.norm_name]) for s in graph.sites
                 if s.site.norm_name in per_norm}  # fmt: skip
+    return global_scores(graph, per_conv)
+
+
+def global_scores(graph: ChannelGraph, per_conv: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Per-group scores divided by one global mean: for criteria in units of loss, which compare across layers."""
     scores = per_group(graph, per_conv)
     mean = np.concatenate(list(scores.values())).mean()
     return {k: v / max(mean, 1e-30) for k, v in scores.items()}

@@ -24,7 +24,7 @@ import torch
 from torch import nn
 
 from ..graph.analyze import ChannelGraph
-from .criteria import per_group
+from .criteria import global_scores
 
 DECAY = 0.8  # moving average across pruning steps: each step adds `PROJECTIONS` samples of the latest batch
 PROJECTIONS = 2
@@ -63,9 +63,7 @@ class HeadDamage:
         correction = 1 - self.decay**self.observations  # unbiased while the average fills
         per_conv = {s.site.name: (self.average[s.site.norm_name] / correction).double().cpu().numpy()
                     for s in self.graph.sites if s.site.norm_name in self.average}  # fmt: skip
-        scores = per_group(self.graph, per_conv)
-        mean = np.concatenate(list(scores.values())).mean()
-        return {k: v / max(mean, 1e-30) for k, v in scores.items()}
+        return global_scores(self.graph, per_conv)
 
     def state_dict(self) -> dict:
         return {"average": {k: v.cpu().clone() for k, v in self.average.items()}, "observations": self.observations}
