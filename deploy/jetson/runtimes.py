@@ -194,7 +194,11 @@ class OnnxModel:
         import onnxruntime as ort
 
         providers = [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in ort.get_available_providers()]
-        self.ort, self.session = ort, ort.InferenceSession(path, providers=providers)
+        options = ort.SessionOptions()
+        # no busy-waiting worker threads: sessions are timed in turn, and idle ones spinning would slow the one timed
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        options.add_session_config_entry("session.inter_op.allow_spinning", "0")
+        self.ort, self.session = ort, ort.InferenceSession(path, options, providers=providers)
         inp = self.session.get_inputs()[0]
         self.input_name = inp.name
         fixed = inp.shape[0] if isinstance(inp.shape[0], int) else None

@@ -73,6 +73,10 @@ def test_onnxruntime_runner_spans_compute_inside_end_to_end(tmp_path):
         compute, total = runner()
         assert 0 < compute <= total
     assert runner.batch == 2 and runner.host.shape == (2, 3, 64, 64)
+    # interleaved sessions: idle ones must not busy-wait on the cores the timed one needs (docs/latency.md)
+    options = runner.session.get_session_options()
+    assert options.get_session_config_entry("session.intra_op.allow_spinning") == "0"
+    assert options.get_session_config_entry("session.inter_op.allow_spinning") == "0"
     runner.close()
 
 

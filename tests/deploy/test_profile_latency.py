@@ -72,3 +72,19 @@ def test_kit_profiles_with_tensorrt_fp16_and_int8(kit_dir, plan, tmp_path):
         done = run_kit(kit_dir, "--plan", plan, precision, "--runs", 3, "--model-runs", 5, "--out", out)
         assert done.returncode == 0, done.stderr
         assert LatencyTable.load(out).data["precision"] == precision[2:]
+
+
+def test_kit_onnxruntime_sessions_do_not_spin(runtimes, tmp_path):
+    """As in yolo-prune's runner: sessions timed in turn must not leave threads busy-waiting on the cores."""
+    from onnx import TensorProto, helper, save
+
+    shape = [1, 3, 8, 8]
+    graph = helper.make_graph([helper.make_node("Identity", ["x"], ["y"])], "g",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, shape)],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, shape)])  # fmt: skip
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    save(model, str(tmp_path / "id.onnx"))
+    options = runtimes.OnnxModel(str(tmp_path / "id.onnx")).session.get_session_options()
+    assert options.get_session_config_entry("session.intra_op.allow_spinning") == "0"
+    assert options.get_session_config_entry("session.inter_op.allow_spinning") == "0"

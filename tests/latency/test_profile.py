@@ -2,7 +2,8 @@
 
 The prediction check times the dense and the pruned models interleaved in one run (as `yolo-prune bench` does) and
 compares the measured latency cut with the one the table predicts: within 0.12, where a predictor blind to widths
-would be off by the whole cut (about 0.3).
+would be off by the whole cut (0.3). The figures at deployment sizes come from tools/latency_prediction.py
+(docs/results.md).
 """
 
 import json
@@ -11,7 +12,7 @@ import pytest
 
 from yolo_prune.errors import YoloPruneError
 
-IMGSZ, STEP = 96, 32
+IMGSZ, STEP = 160, 16
 
 
 @pytest.fixture(scope="module")
@@ -68,3 +69,25 @@ def test_flops_budget_unchanged_by_the_cost_model():
     b = Budget(graph, cost=FlopsCost(graph)).allocate(scores, graph.gflops() * 0.6)
     assert all(np.array_equal(a[k], b[k]) for k in a)
     assert all(int(m.sum()) % 8 == 0 or int(m.sum()) == len(m) for m in a.values())
+
+
+def test_predicted_cut_is_the_measured_one(lut, tmp_path):
+    import numpy as np
+
+    from yolo_prune.api import prune
+    from yolo_prune.bench import benchmark
+    from yolo_prune.graph.analyze import analyze
+    from yolo_prune.latency.cost import LatencyCost
+    from yolo_prune.latency.lut import LatencyTable
+    from yolo_prune.nn.build import load_model
+
+    out = tmp_path / "latency.pt"
+    prune("yolov8n.yaml", latency=0.3, imgsz=IMGSZ, lut=lut, out=out)
+    cost = LatencyCost(analyze(load_model("yolov8n.yaml"), IMGSZ), LatencyTable.load(lut))
+    slim = {g.name: g.width for g in analyze(load_model(out), IMGSZ).groups}
+    masks = {g.name: np.arange(g.width) < slim[g.name] for g in cost.graph.groups}
+    predicted = 1 - cost.total(masks) / cost.total()
+    assert predicted == pytest.approx(0.3, abs=0.01)
+    rows = benchmark(["yolov8n.yaml", str(out)], imgsz=IMGSZ, warmup=10, runs=60)["models"]
+    measured = 1 - rows[1]["latency"]["median_ms"] / rows[0]["latency"]["median_ms"]
+    assert abs(measured - predicted) < 0.12, (measured, predicted)
