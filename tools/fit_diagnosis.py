@@ -50,13 +50,12 @@ def _map(model, data, args) -> str:
 def _reestimate_bn(model, train_list: Path, args):
     import cv2
     import torch
-    from ultralytics.data.augment import LetterBox
+
+    from yolo_prune.export.calibration import preprocess  # the letterbox the exports and calibration use
 
     net = model.model
-    letterbox = LetterBox((args.imgsz, args.imgsz), auto=False)
     files = [line.strip() for line in train_list.read_text().splitlines() if line.strip()]
-    images = [torch.from_numpy(letterbox(image=cv2.imread(f))[:, :, ::-1].copy()).permute(2, 0, 1).float() / 255
-              for f in files]  # fmt: skip
+    images = [torch.from_numpy(preprocess(cv2.imread(f), (args.imgsz, args.imgsz))) for f in files]
     norms = [m for m in net.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
     momenta = [m.momentum for m in norms]
     for m in norms:
