@@ -12,7 +12,9 @@ Default: the COCO-pretrained YOLOv5n (../shared/data/yolov5n_coco) on the real c
   default `--tolerance`, so it may stop before the cut, and `iw_cap` is iw held to the cut with `--tolerance 1`):
   `yolo-prune train --weights W --flops C --method M`;
 - one-shot baselines (l1, uniform, random, and `tp`: Torch-Pruning group-L2 with a uniform ratio, when torch-pruning
-  is installed, `pip install -e ".[bench]"`): prune W to the cut, then `yolo-prune train --weights pruned.pt --flops 0`.
+  is installed, `pip install -e ".[bench]"`): prune W to the cut, then `yolo-prune train --weights pruned.pt --flops 0`;
+- post-training (`damage`): `yolo-prune prune --method damage --data D`, scored as pruned, with no fine-tune (on about
+  a hundred images a fine-tune lowered its mAP, docs/results.md).
 Every final best.pt is validated on the held-out split by Ultralytics (mAP50-95, mAP50); GFLOPs by Ultralytics'
 counter at 640. Results go to OUT/results.json as they finish (a re-run skips finished runs), a table is printed and
 OUT/map_vs_gflops.png is drawn. key=value arguments are passed to every training run.
@@ -30,6 +32,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared" / "data"
 ONE_SHOT = ["l1", "uniform", "random", "tp"]
+POST_TRAINING = ["damage"]  # one-shot methods that measure on the data: scored as they come out
 
 
 # extra runs of a method with options: iw under its tolerance stop (its own run) and held to the cut (research/methods.md
@@ -76,7 +79,7 @@ def _parse():
     p.add_argument("--data", default=None, help="dataset YAML (default: the coco128 split, made under --out)")
     p.add_argument("--cuts", type=float, nargs="+", default=[0.2, 0.37])
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
-    p.add_argument("--methods", nargs="+", default=["dense", *in_training_methods(), *ONE_SHOT])
+    p.add_argument("--methods", nargs="+", default=["dense", *in_training_methods(), *ONE_SHOT, *POST_TRAINING])
     p.add_argument("--epochs", type=int, default=30)
     p.add_argument("--imgsz", type=int, default=320)
     p.add_argument("--batch", type=int, default=16)
@@ -102,6 +105,12 @@ class _Skip(Exception):
 
 def _run(method, cut, seed, data, folder: Path, args) -> dict:
     start = time.perf_counter()
+    if method in POST_TRAINING:
+        import yolo_prune.api as yp
+
+        path = folder.parent / f"{folder.name}.pt"
+        yp.prune(args.weights, flops=cut, method=method, imgsz=640, data=data, out=path)
+        return {**score(path, data, args.imgsz), "wall_s": round(time.perf_counter() - start, 1)}
     weights, flops, method_flag = args.weights, cut, []
     if method in ONE_SHOT:
         weights, flops = _one_shot(method, cut, seed, args.weights, folder), 0.0

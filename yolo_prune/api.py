@@ -70,13 +70,14 @@ class PruneReport(dict):
 ONE_SHOT_FIELDS = {"imgsz", "round_to", "min_keep", "latency", "backend", "lut"}  # the PruneSettings prune() takes
 
 
-def prune(model, flops: float | None = None, method: str = "l1", out=None, **settings) -> PruneReport:
+def prune(model, flops: float | None = None, method: str = "l1", out=None, data=None, **settings) -> PruneReport:
     """One-shot structural prune of `model` to remove `flops` of its FLOPs, or with `latency=L` the fraction L of its
     latency (batch 1 at `imgsz` on `backend`, predicted from the table `lut`, or one measured now and cached); saves a
     slim checkpoint to `out`.
 
     `settings`: `imgsz` (where FLOPs and latency are counted), `round_to`, `min_keep`, `latency`, `backend`, `lut`
-    (PruneSettings) and the method's options (e.g. `random_seed`); `yolo-prune prune --help` lists them.
+    (PruneSettings) and the method's options (e.g. `random_seed`); `yolo-prune prune --help` lists them. `data`
+    (a dataset YAML or a folder of images) is what methods that measure on images (`damage`) measure on.
     """
     from ultralytics.utils.torch_utils import get_flops
 
@@ -116,7 +117,12 @@ def prune(model, flops: float | None = None, method: str = "l1", out=None, **set
     budget = Budget(graph, round_to=s.round_to, min_keep=s.min_keep, cost=cost)
     pruner = get_method(method)(graph, budget, s.options)
     target = budget.cost.total() * (1 - s.cut)
-    masks = pruner.prune_step(PruneContext.one_shot(base, graph, budget, target, settings=s))
+    ctx = PruneContext.one_shot(base, graph, budget, target, settings=s)
+    wanted = pruner.calibration()
+    if wanted is None:
+        masks = pruner.prune_step(ctx)
+    else:
+        masks = _prune_on_images(pruner, ctx, data, *wanted)
     slim_model = slim(base, graph, masks.masks)
     report = PruneReport(
         base_gflops=graph.gflops(), predicted_gflops=masks.gflops(), slim_gflops=get_flops(slim_model, s.imgsz),
@@ -164,6 +170,21 @@ def profile(model, backend="onnxruntime", imgsz=640, batch=1, step=8, half=False
     write_json(out, data)
     return (f"{out}: {len(data['sites'])} conv sites on {data['device']} ({data['precision']}), batch {batch} at "
             f"{imgsz}: dense {table.dense_ms:.3f} ms = fixed {table.fixed_ms:.3f} + {table.scale:.3f} x sites")
+
+
+def _prune_on_images(pruner, ctx, data, count: int, imgsz: int):
+    """A method that measures on images: `count` images of `data` at `imgsz`, then its steps with compensation."""
+    import torch
+
+    from .errors import YoloPruneError
+    from .export.calibration import calibration_array
+    from .train.post_training import prune_in_steps
+
+    if data is None:
+        raise YoloPruneError(f"Method '{pruner.key}' measures channels on images: give --data (a dataset YAML, whose "
+                             "train images are used, or a folder of images).")  # fmt: skip
+    ctx.images = torch.from_numpy(calibration_array(data, count, imgsz))
+    return prune_in_steps(pruner, ctx, pruner.one_shot_steps)
 
 
 def info(model, imgsz: int = 640) -> dict:

@@ -51,6 +51,8 @@ def _build_parser() -> argparse.ArgumentParser:
     _model_arg(p)
     p.add_argument("--flops", type=float, default=None, help="fraction of FLOPs to remove, in (0, 1) (or --latency)")
     p.add_argument("--method", default="l1", choices=list_methods(one_shot=True))
+    p.add_argument("--data", help="images that methods measuring on images (damage) use: a dataset YAML (its train "
+                   "split) or a folder of images")  # fmt: skip
     add_flags(p, PruneSettings, only=ONE_SHOT_SETTINGS)
     _method_flags(p, one_shot=True)
     p.add_argument("--out", required=True, help="output checkpoint path (.pt)")
@@ -168,7 +170,7 @@ def _dispatch(args):
         from .options import given_flags
 
         settings = given_flags(args, PruneSettings, only=ONE_SHOT_SETTINGS)
-        report = api.prune(args.model, flops=args.flops, method=args.method, out=args.out, **settings,
+        report = api.prune(args.model, flops=args.flops, method=args.method, out=args.out, data=args.data, **settings,
                            **_given_options(args, one_shot=True))  # fmt: skip
         return report.table()
     if args.command == "info":

@@ -43,6 +43,17 @@ def calibration_images(data, max_images: int = 512) -> list[Path]:
     return files[::step][:max_images]
 
 
+def calibration_array(data, count: int, imgsz: int) -> np.ndarray:
+    """Up to `count` images of `data` (as `calibration_images`), letterboxed to `imgsz`: (n, 3, imgsz, imgsz)."""
+    import cv2
+
+    arrays = [preprocess(image, (imgsz, imgsz)) for image in map(cv2.imread, map(str, calibration_images(data, count)))
+              if image is not None]  # fmt: skip
+    if not arrays:
+        raise YoloPruneError(f"None of the images of '{data}' could be read.")
+    return np.stack(arrays)
+
+
 def _images_in(folder: Path) -> list[Path]:
     return sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
 

@@ -102,6 +102,12 @@ class PruningMethod(ABC):
     def score(self, ctx: PruneContext) -> dict[str, np.ndarray]:
         """Importance of every channel of every group (higher = keep), masked channels included."""
 
+    one_shot_steps: int = 1  # `yolo-prune prune` steps towards the target (more, with compensation in between)
+
+    def calibration(self) -> tuple[int, int] | None:
+        """A one-shot method that measures on images: (how many images of --data, at which size), else None."""
+        return None
+
     # -- hooks: all optional -------------------------------------------------------------------------------------------
     def setup(self, ctx: PruneContext) -> None:
         """Once, after the model exists, before the optimizer and the EMA are built."""

@@ -39,20 +39,23 @@ class HeadDamage:
         self.average: dict[str, torch.Tensor] = {}
         self.observations = 0
 
-    def observe(self, model: nn.Module, images: torch.Tensor, seed: int) -> None:
-        """Add one estimate from `images` (the model is left exactly as it was: weights, grads, BN statistics)."""
+    def observe(self, model: nn.Module, images: torch.Tensor, seed: int, batch: int = 16) -> None:
+        """Add one estimate from `images`, `batch` images a pass (the model is left exactly as it was: weights,
+        grads, BN statistics)."""
         modules = dict(model.named_modules())
         bns = [(n, modules[n]) for n in self.norms]
         generator = torch.Generator(device=images.device).manual_seed(seed)
         estimate = {n: torch.zeros_like(bn.weight, dtype=torch.float32) for n, bn in bns}
+        chunks = images.split(batch)
         with _isolated(model):
-            for _ in range(self.projections):
-                model.zero_grad(set_to_none=True)
-                _projection(model, images, generator).backward()
-                for n, bn in bns:
-                    if bn.weight.grad is not None and bn.bias.grad is not None:
-                        term = bn.weight.detach() * bn.weight.grad + bn.bias.detach() * bn.bias.grad
-                        estimate[n] += term.float().pow(2) / self.projections
+            for chunk in chunks:
+                for _ in range(self.projections):
+                    model.zero_grad(set_to_none=True)
+                    _projection(model, chunk, generator).backward()
+                    for n, bn in bns:
+                        if bn.weight.grad is not None and bn.bias.grad is not None:
+                            term = bn.weight.detach() * bn.weight.grad + bn.bias.detach() * bn.bias.grad
+                            estimate[n] += term.float().pow(2) / (self.projections * len(chunks))
         for n, value in estimate.items():
             previous = self.average.get(n, torch.zeros_like(value))
             self.average[n] = self.decay * previous + (1 - self.decay) * value
