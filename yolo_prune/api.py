@@ -119,6 +119,9 @@ def prune(model, flops: float | None = None, method: str = "l1", out=None, data=
     target = budget.cost.total() * (1 - s.cut)
     ctx = PruneContext.one_shot(base, graph, budget, target, settings=s)
     wanted = pruner.calibration()
+    if wanted is None and data is not None:
+        raise YoloPruneError(f"Method '{method}' does not use images; --data is for methods that measure on them "
+                             "(damage). Drop --data or choose --method damage.")  # fmt: skip
     if wanted is None:
         masks = pruner.prune_step(ctx)
     else:

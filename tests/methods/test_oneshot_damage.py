@@ -68,3 +68,12 @@ def test_damage_without_data_is_one_clear_error(tmp_path, capsys):
     err = capsys.readouterr().err
     assert code == 2 and "give --data" in err and "Traceback" not in err and err.count("\n") == 1
     assert not out.exists()
+
+
+def test_data_for_a_method_that_uses_no_images_is_one_clear_error(coco8, tmp_path, capsys):
+    out = tmp_path / "out.pt"
+    code = main(["prune", "--model", "yolov8n.yaml", "--flops", "0.3", "--data", str(coco8 / "images" / "val"),
+                 "--out", str(out)])  # fmt: skip
+    err = capsys.readouterr().err
+    assert code == 2 and "does not use images" in err and "Traceback" not in err and err.count("\n") == 1
+    assert not out.exists()

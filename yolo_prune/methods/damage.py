@@ -39,14 +39,14 @@ class HeadDamage:
         self.average: dict[str, torch.Tensor] = {}
         self.observations = 0
 
-    def observe(self, model: nn.Module, images: torch.Tensor, seed: int, batch: int = 16) -> None:
-        """Add one estimate from `images`, `batch` images a pass (the model is left exactly as it was: weights,
-        grads, BN statistics)."""
+    def observe(self, model: nn.Module, images: torch.Tensor, seed: int, batch: int | None = None) -> None:
+        """Add one estimate from `images`, `batch` of them a pass (default: all at once); the model is left exactly
+        as it was (weights, grads, BN statistics)."""
         modules = dict(model.named_modules())
         bns = [(n, modules[n]) for n in self.norms]
         generator = torch.Generator(device=images.device).manual_seed(seed)
         estimate = {n: torch.zeros_like(bn.weight, dtype=torch.float32) for n, bn in bns}
-        chunks = images.split(batch)
+        chunks = images.split(batch or len(images))
         with _isolated(model):
             for chunk in chunks:
                 for _ in range(self.projections):

@@ -24,6 +24,7 @@ from .base import MethodOptions, PruningMethod, register_method
 from .damage import HeadDamage
 
 PROJECTIONS = 4  # random projections per batch of calibration images (the estimate's noise falls as 1/sqrt)
+BATCH = 16  # calibration images per forward-backward pass (memory)
 
 
 @dataclass
@@ -49,6 +50,10 @@ class Damage(PruningMethod):
     in_training = False  # in training, effp / asfp take `--criterion damage`
     Options = DamageOptions
 
+    def __init__(self, graph, budget, options=None):
+        super().__init__(graph, budget, options)
+        self.measured = None  # the scores of the last measurement
+
     def calibration(self):
         return self.options.damage_images, self.options.damage_imgsz
 
@@ -56,17 +61,13 @@ class Damage(PruningMethod):
     def one_shot_steps(self) -> int:
         return self.options.damage_steps
 
-    def __init__(self, graph, budget, options=None):
-        super().__init__(graph, budget, options)
-        self.measured = None  # the scores of the last measurement
-
     def score(self, ctx):
         if ctx.images is None:
             raise YoloPruneError("Method 'damage' measures channels on images: give --data (a dataset YAML or a "
                                  "folder of images).")  # fmt: skip
         if self.measured is None or self.options.damage_rescore:
             estimate = HeadDamage(self.graph, decay=0.0, projections=PROJECTIONS)
-            estimate.observe(ctx.model, ctx.images, seed=ctx.step or 0)
+            estimate.observe(ctx.model, ctx.images, seed=ctx.step or 0, batch=BATCH)
             self.measured = estimate.scores()
         return self.measured
 
