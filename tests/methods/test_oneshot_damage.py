@@ -3,6 +3,7 @@ its pruned model predicts closer to the dense one than L1's at the same cut, and
 
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pytest
 import torch
@@ -10,7 +11,7 @@ from ultralytics.utils.torch_utils import get_flops
 
 from yolo_prune import api
 from yolo_prune.cli import main
-from yolo_prune.export.calibration import calibration_array
+from yolo_prune.export.calibration import preprocess
 from yolo_prune.nn.build import load_model
 from yolo_prune.train.compensate import Compensation
 
@@ -31,8 +32,11 @@ def _prediction_error(dense, pruned, images) -> float:
 
 
 @pytest.fixture(scope="module")
-def setting(yolov5n_official, coco8):
-    images = torch.from_numpy(calibration_array(coco8 / "images" / "val", 8, IMGSZ))
+def setting(yolov5n_official, coco8, coco128):
+    """Measured on the coco8 images, judged on 8 other real images (coco128 images not in coco8)."""
+    names = {p.name for p in (coco8 / "images" / "val").glob("*.jpg")}
+    held = [p for p in sorted((coco128 / "images" / "train2017").glob("*.jpg")) if p.name not in names][-8:]
+    images = torch.from_numpy(np.stack([preprocess(cv2.imread(str(p)), (IMGSZ, IMGSZ)) for p in held]))
     return yolov5n_official, coco8 / "images" / "val", load_model(yolov5n_official).float(), images
 
 
@@ -59,7 +63,7 @@ def test_without_compensation_the_pruned_model_drifts_further(setting, damage, m
     monkeypatch.setattr(Compensation, "step", lambda *a, **k: 0)  # the mechanism removed
     plain = api.prune(weights, flops=0.2, method="damage", data=folder, imgsz=IMGSZ, **QUICK)["model"]
     with_it, without = _prediction_error(dense, compensated, images), _prediction_error(dense, plain, images)
-    assert with_it < 0.8 * without, (with_it, without)
+    assert with_it < 0.85 * without, (with_it, without)
 
 
 def test_damage_without_data_is_one_clear_error(tmp_path, capsys):
