@@ -38,7 +38,7 @@ def main():
         for w in args.weights:
             model = YOLO(w)
             a, b = _map(model, held_out, args), _map(model, str(on_train), args)
-            c = _map(_reestimate_bn(YOLO(w), split / "train.txt", args), held_out, args)
+            c = _map(_reestimate_bn(YOLO(w), held_out, args), held_out, args)
             print(f"{w[-50:]:<50}{a:>16}{b:>16}{c:>24}")
 
 
@@ -47,15 +47,13 @@ def _map(model, data, args) -> str:
     return f"{r.box.map:.3f} / {r.box.map50:.3f}"
 
 
-def _reestimate_bn(model, train_list: Path, args):
-    import cv2
+def _reestimate_bn(model, data: str, args):
     import torch
 
-    from yolo_prune.export.calibration import preprocess  # the letterbox the exports and calibration use
+    from yolo_prune.export.calibration import calibration_array  # the train images, letterboxed as at inference
 
     net = model.model
-    files = [line.strip() for line in train_list.read_text().splitlines() if line.strip()]
-    images = [torch.from_numpy(preprocess(cv2.imread(f), (args.imgsz, args.imgsz))) for f in files]
+    images = torch.from_numpy(calibration_array(data, 10**9, args.imgsz))
     norms = [m for m in net.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
     momenta = [m.momentum for m in norms]
     for m in norms:
@@ -64,7 +62,7 @@ def _reestimate_bn(model, train_list: Path, args):
     net.train()
     with torch.no_grad():
         for i in range(0, len(images), args.batch):
-            net(torch.stack(images[i : i + args.batch]))
+            net(images[i : i + args.batch])
     for m, momentum in zip(norms, momenta):
         m.momentum = momentum
     net.eval()
