@@ -13,8 +13,8 @@ Default: the COCO-pretrained YOLOv5n (../shared/data/yolov5n_coco) on the real c
   `yolo-prune train --weights W --flops C --method M`;
 - one-shot baselines (l1, uniform, random, and `tp`: Torch-Pruning group-L2 with a uniform ratio, when torch-pruning
   is installed, `pip install -e ".[bench]"`): prune W to the cut, then `yolo-prune train --weights pruned.pt --flops 0`;
-- post-training (`damage`): `yolo-prune prune --method damage --data D`, scored as pruned, with no fine-tune (on about
-  a hundred images a fine-tune lowered its mAP, docs/results.md).
+- post-training (`damage`): `yolo-prune prune --method damage --data D`, scored as pruned; `damage_ft` is the same
+  prune fine-tuned like the one-shot baselines (`--flops 0`, so with frozen BN statistics by default).
 Every final best.pt is validated on the held-out split by Ultralytics (mAP50-95, mAP50); GFLOPs by Ultralytics'
 counter at 640. Results go to OUT/results.json as they finish (a re-run skips finished runs), a table is printed and
 OUT/map_vs_gflops.png is drawn. key=value arguments are passed to every training run.
@@ -33,6 +33,7 @@ ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared" / "data"
 ONE_SHOT = ["l1", "uniform", "random", "tp"]
 POST_TRAINING = ["damage"]  # one-shot methods that measure on the data: scored as they come out
+FINE_TUNED = {"damage_ft": "damage"}  # ... and the same prunes fine-tuned
 
 
 # extra runs of a method with options: iw under its tolerance stop (its own run) and held to the cut (research/methods.md
@@ -79,7 +80,8 @@ def _parse():
     p.add_argument("--data", default=None, help="dataset YAML (default: the coco128 split, made under --out)")
     p.add_argument("--cuts", type=float, nargs="+", default=[0.2, 0.37])
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
-    p.add_argument("--methods", nargs="+", default=["dense", *in_training_methods(), *ONE_SHOT, *POST_TRAINING])
+    every = ["dense", *in_training_methods(), *ONE_SHOT, *POST_TRAINING, *FINE_TUNED]
+    p.add_argument("--methods", nargs="+", default=every)
     p.add_argument("--epochs", type=int, default=30)
     p.add_argument("--imgsz", type=int, default=320)
     p.add_argument("--batch", type=int, default=16)
@@ -106,13 +108,13 @@ class _Skip(Exception):
 def _run(method, cut, seed, data, folder: Path, args) -> dict:
     start = time.perf_counter()
     if method in POST_TRAINING:
-        import yolo_prune.api as yp
-
-        path = folder.parent / f"{folder.name}.pt"
-        yp.prune(args.weights, flops=cut, method=method, imgsz=640, data=data, out=path)
+        path = _post_training(method, cut, args.weights, data, folder.parent / f"{folder.name}.pt")
         return {**score(path, data, args.imgsz), "wall_s": round(time.perf_counter() - start, 1)}
     weights, flops, method_flag = args.weights, cut, []
-    if method in ONE_SHOT:
+    if method in FINE_TUNED:
+        path = folder.parent / f"{folder.name}-start.pt"
+        weights, flops = _post_training(FINE_TUNED[method], cut, args.weights, data, path), 0.0
+    elif method in ONE_SHOT:
         weights, flops = _one_shot(method, cut, seed, args.weights, folder), 0.0
     elif method in in_training_methods():
         key = in_training_methods()[method]
@@ -127,6 +129,13 @@ def _run(method, cut, seed, data, folder: Path, args) -> dict:
         subprocess.run(cmd, check=True, stdout=log, stderr=subprocess.STDOUT)
     wall = time.perf_counter() - start
     return {**score(folder / "weights" / "best.pt", data, args.imgsz), "wall_s": round(wall, 1)}
+
+
+def _post_training(method, cut, weights, data, path: Path) -> Path:
+    import yolo_prune.api as yp
+
+    yp.prune(weights, flops=cut, method=method, imgsz=640, data=data, out=path)
+    return path
 
 
 def _one_shot(method, cut, seed, weights, folder: Path) -> Path:

@@ -3,14 +3,14 @@
 Why (issue 9, docs/results.md): with a pretrained detector and about a hundred images, training forgets faster than it
 recovers. On the COCO YOLOv5n and 96 real images, -20 % FLOPs: 30 epochs of pruning while fine-tuning end at 0.175
 mAP50-95, 90 epochs at 0.129, a higher learning rate at 0.152-0.161, while these steps without any training reach
-0.17-0.19, and fine-tuning their result for 30 epochs lowers it again (0.183-0.189). So this method does not train:
-`yolo-prune prune --method damage --data D` measures on those images how much masking each channel would change the
-features the detection head reads (methods/damage.py: second order, random projections), then takes `damage_steps`
-steps towards the target (train/post_training.py). Each step masks the least damaging channels per FLOP under the
-shared budget, continuing from the current masks, and lets the consumers of the newly masked channels absorb what the
-kept channels predict of them (train/compensate.py, fitted on the same images). The damage is measured again before
-every step, on the network pruned so far (`damage_rescore`): on the COCO YOLOv5n that made no difference at -20 %
-(0.171-0.194 either way) and kept 0.074 instead of 0.024 at -37 % (docs/results.md).
+0.17-0.19, and fine-tuning their result for 30 epochs ends within noise of it (0.183-0.206 over six runs). So this
+method does not train: `yolo-prune prune --method damage --data D` measures on those images how much masking each
+channel would change the features the detection head reads (methods/damage.py: second order, random projections), then
+takes `damage_steps` steps towards the target (train/post_training.py). Each step masks the least damaging channels per
+FLOP under the shared budget, continuing from the current masks, and lets the consumers of the newly masked channels
+absorb what the kept channels predict of them (train/compensate.py, fitted on the same images). The damage is measured
+again before every step, on the network pruned so far (`damage_rescore`): on the COCO YOLOv5n that made no difference at
+-20 % (0.171-0.194 either way) and kept 0.074 instead of 0.024 at -37 % (docs/results.md).
 """
 
 from __future__ import annotations

@@ -34,6 +34,12 @@ class PruneSettings(Options):
         "weight of feature distillation from the dense starting model (train/distill.py); default: 1 with "
         "--weights, else 0 (off)",
     )
+    freeze_bn: bool | None = setting(
+        None,
+        "train with every BatchNorm normalising by its running statistics, frozen, as at inference; default: on "
+        "when fine-tuning from weights without pruning (measured better on a small set), off while pruning (the "
+        "batch statistics absorb each mask change: measured worse frozen)",
+    )
     criterion: str = setting(
         "taylor",
         "channel scores of effp and asfp: 'taylor' of the training loss, or 'damage', the second-order rise of the "

@@ -3,7 +3,8 @@
 Why: fine-tuning on a few hundred images cannot re-teach a pruned network what its removed channels knew, but the
 dense model it started from still knows it. A frozen copy taken when training starts (the pretrained weights) is the
 teacher; at every batch the student's multi-scale features entering the detection head (P3/P4/P5 for YOLO) are pulled
-towards the teacher's by a normalised mean squared error, both in training mode on the same batch. Channels the masks
+towards the teacher's by a normalised mean squared error, both in training mode on the same batch, with their
+BatchNorms normalising alike (batch statistics, or the frozen running ones with `--freeze-bn`). Channels the masks
 removed are exactly zero in the student (masks/mask.py) and are left out of the loss, so the surviving channels and
 the head learn to carry their share.
 
@@ -23,9 +24,11 @@ from torch import nn
 class FeatureDistillation:
     """A frozen teacher and forward pre-hooks that capture both models' detection-head inputs."""
 
-    def __init__(self, student: nn.Module, weight: float):
+    def __init__(self, student: nn.Module, weight: float, batch_statistics: bool = True):
+        """`batch_statistics`: whether the student's BatchNorms normalise with batch statistics (Ultralytics' train
+        mode) or with their frozen running statistics (`--freeze-bn`); the teacher does the same."""
         self.weight = float(weight)
-        self.teacher = _frozen_in_train_mode(deepcopy(student))
+        self.teacher = _frozen_like_student(deepcopy(student), batch_statistics)
         self._features: dict[str, dict[int, torch.Tensor]] = {"student": {}, "teacher": {}}
         self._hooks = [_head(m).register_forward_pre_hook(self._capture(who))
                        for who, m in (("student", student), ("teacher", self.teacher))]  # fmt: skip
@@ -87,8 +90,9 @@ class DistilledCriterion:
         return getattr(self.base, name)
 
 
-def _frozen_in_train_mode(model: nn.Module) -> nn.Module:
-    """No gradients, and BatchNorm normalising with batch statistics like the student's, never updating its own.
+def _frozen_like_student(model: nn.Module, batch_statistics: bool) -> nn.Module:
+    """No gradients, and BatchNorm normalising like the student's (batch statistics or the running ones), never
+    updating its own.
 
     Same mode as the student, so a dense student matches its teacher exactly and only what pruning changed is
     penalised (an eval-mode teacher would differ from a train-mode student by the statistics alone).
@@ -97,6 +101,7 @@ def _frozen_in_train_mode(model: nn.Module) -> nn.Module:
     for m in model.modules():
         if isinstance(m, nn.modules.batchnorm._BatchNorm):
             m.momentum = 0.0  # running = (1 - 0) * running + 0 * batch: statistics stay the teacher's
+            m.train(batch_statistics)
     return model
 
 

@@ -5,6 +5,8 @@ Integration through public trainer methods, Ultralytics callbacks and torch's op
 - `set_model_attributes` (the model exists; optimizer and EMA do not) builds the pruner and runs the method's
   `setup`; `build_optimizer` adds the method's parameter groups and the optimizer step pre/post hooks (shadow values
   in, the method's `before_optimizer_step`, step, shadows saved, masks re-applied, moments zeroed);
+- `_model_train` (Ultralytics' per-epoch switch to train mode; an internal, pinned in tests/train/test_freeze_bn.py):
+  with `freeze_bn`, every BatchNorm back to eval mode, so training normalises with the running statistics;
 - `on_pretrain_routine_end` (everything built, Ultralytics' resume done): distillation, exact resume state, prune log;
 - `on_train_batch_end`: the method's `after_optimizer_step` after a step (the EMA is updated by then), the pruning
   steps of the schedule, one prune_log.csv row each;
@@ -130,6 +132,13 @@ class PruneTrainer(DetectionTrainer):
     def set_model_attributes(self):
         """Ultralytics' hook for the model before compile, DDP, optimizer and EMA: the pruner and the method's setup."""
         super().set_model_attributes()
+        settings = self.prune_settings
+        if settings.freeze_bn is None:  # resolved once; a resumed run reads it back from last.pt
+            resumed = bool((self._resume_state or {}).get("freeze_bn"))
+            settings.freeze_bn = resumed if self.resume else self._from_weights and not settings.cut
+        if settings.freeze_bn and RANK in {-1, 0}:
+            LOGGER.info("yolo-prune: BatchNorm statistics frozen while training, as at inference (--no-freeze-bn "
+                        "disables)")  # fmt: skip
         if not self.prune_settings.cut:
             return
         if self.prune_settings.compensate is None:  # resolved once; a resumed run reads it back from last.pt
@@ -184,7 +193,7 @@ class PruneTrainer(DetectionTrainer):
         weight = (1.0 if from_weights else 0.0) if weight is None else weight
         if weight <= 0:
             return
-        self.distill = FeatureDistillation(model, weight)
+        self.distill = FeatureDistillation(model, weight, batch_statistics=not self.prune_settings.freeze_bn)
         state = (self._resume_state or {}).get("distill")
         if state is not None:  # the teacher is the run's starting model, not the resumed one
             self.distill.load_state_dict(state)
@@ -203,6 +212,17 @@ class PruneTrainer(DetectionTrainer):
         self.ema.ema.load_state_dict(state["ema"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.pruner.load_state_dict(state["pruner"], model, self.ema)
+
+    def _model_train(self):
+        """Ultralytics' train mode for the epoch; with `freeze_bn` every BatchNorm normalises with its running
+        statistics, which stay as they are (as Ultralytics does for the BNs of frozen layers). Why: on a small set,
+        batch statistics of a few mosaic images differ from the statistics the pretrained model was trained with,
+        and the weights learn to depend on them; frozen, training changes the network that is evaluated."""
+        super()._model_train()
+        if self.prune_settings.freeze_bn:
+            for m in self.model.modules():
+                if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
+                    m.eval()
 
     # -- training step ------------------------------------------------------------------------------------------------
     def preprocess_batch(self, batch):
@@ -231,10 +251,12 @@ class PruneTrainer(DetectionTrainer):
             _log_step(self, done, self.epoch + 1)
 
     def save_model(self):
-        if self.pruner is None and self.distill is None:
+        state = {"distill": self.distill.state_dict()} if self.distill is not None else {}
+        if self.prune_settings.freeze_bn:
+            state["freeze_bn"] = True
+        if not state and self.pruner is None:
             return self._save_staged()
         ema = self.ema.ema
-        state = {"distill": self.distill.state_dict()} if self.distill is not None else {}
         if self.pruner is not None:
             state.update({
                 "pruner": self.pruner.state_dict(),

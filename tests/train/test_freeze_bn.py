@@ -1,0 +1,106 @@
+"""--freeze-bn in the real trainer: every BatchNorm normalises with its running statistics while training, those
+statistics stay the starting model's, the teacher normalises the same way, and the default follows the run."""
+
+import inspect
+import shutil
+
+import pytest
+import torch
+import ultralytics
+from torch import nn
+from ultralytics.engine.trainer import BaseTrainer
+from ultralytics.utils.torch_utils import unwrap_model
+
+from yolo_prune import api
+from yolo_prune.methods.schedule import PruneSettings
+from yolo_prune.nn.build import load_model
+from yolo_prune.train.trainer import PruneTrainer
+
+TINY = dict(epochs=1, imgsz=64, batch=2, workers=0, plots=False, device="cpu", exist_ok=True, val=False,
+            close_mosaic=0, mosaic=0.0, seed=0, deterministic=True)  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def start(tmp_path_factory):
+    """A yolov8n checkpoint to fine-tune from (written by a one-shot prune; its weights are what matters)."""
+    out = tmp_path_factory.mktemp("start") / "start.pt"
+    api.prune("yolov8n.yaml", flops=0.1, out=out)
+    return out
+
+
+class ModeRecorder:
+    """At every training batch: whether any BatchNorm normalised with batch statistics, and the kd loss."""
+
+    def __init__(self, trainer):
+        self.batch_statistics, self.kd = [], []
+        trainer.add_callback("on_train_batch_end", self.on_batch_end)
+
+    def on_batch_end(self, trainer):
+        bns = [m for m in unwrap_model(trainer.model).modules() if isinstance(m, nn.BatchNorm2d)]
+        self.batch_statistics.append(any(m.training for m in bns))
+        kd = (trainer.loss_items or {}).get("kd_loss")
+        self.kd.append(None if kd is None else float(kd))
+
+
+def run(tmp_path, coco8_yaml, model, name, **settings):
+    overrides = {**TINY, "model": str(model), "data": str(coco8_yaml), "project": str(tmp_path), "name": name}
+    trainer = PruneTrainer(overrides=overrides, prune=PruneSettings(**settings))
+    recorder = ModeRecorder(trainer)
+    trainer.train()
+    return trainer, recorder
+
+
+def running_statistics(model):
+    return {k: v.clone() for k, v in model.state_dict().items() if "running" in k}
+
+
+def test_fine_tuning_from_weights_freezes_the_statistics_by_default(tmp_path, coco8_yaml, start):
+    before = running_statistics(load_model(start))
+    trainer, rec = run(tmp_path, coco8_yaml, start, "default")
+    assert trainer.prune_settings.freeze_bn is True and rec.batch_statistics and not any(rec.batch_statistics)
+    # the teacher normalises like the student, so the first batch (before any step changed the student) matches
+    assert rec.kd[0] == 0.0 and not any(m.training for m in trainer.distill.teacher.modules()
+                                          if isinstance(m, nn.BatchNorm2d))  # fmt: skip
+    after = running_statistics(trainer.ema.ema)
+    assert all(torch.allclose(before[k].float(), after[k].float()) for k in before)
+
+
+def test_pruning_and_training_from_scratch_keep_batch_statistics(tmp_path, coco8_yaml, start):
+    pruned, rec = run(tmp_path, coco8_yaml, start, "pruned", flops=0.2, warmup_frac=0.1, prune_frac=0.6,
+                      steps_per_epoch=2)  # fmt: skip
+    assert pruned.prune_settings.freeze_bn is False and all(rec.batch_statistics)
+    scratch, rec = run(tmp_path, coco8_yaml, "yolov8n.yaml", "scratch")
+    assert scratch.prune_settings.freeze_bn is False and all(rec.batch_statistics)
+
+
+def test_a_resumed_fine_tune_keeps_its_statistics_frozen(tmp_path, coco8_yaml, start):
+    overrides = {**TINY, "epochs": 2, "model": str(start), "data": str(coco8_yaml), "project": str(tmp_path),
+                 "name": "whole"}  # fmt: skip
+    trainer = PruneTrainer(overrides=overrides, prune=PruneSettings())
+    killed = tmp_path / "killed" / "weights" / "last.pt"
+
+    def keep_last(t):  # the last.pt a kill during the second epoch leaves behind
+        if t.epoch == 1 and not killed.exists():
+            killed.parent.mkdir(parents=True)
+            shutil.copy2(t.last, killed)
+
+    trainer.add_callback("on_train_epoch_start", keep_last)
+    trainer.train()
+    resumed = PruneTrainer(overrides={"resume": str(killed), "model": str(killed), "save_dir": str(killed.parents[1])})
+    rec = ModeRecorder(resumed)
+    resumed.train()
+    assert resumed.prune_settings.freeze_bn is True and rec.batch_statistics and not any(rec.batch_statistics)
+
+
+def test_freeze_bn_switches_off(tmp_path, coco8_yaml, start):
+    trainer, rec = run(tmp_path, coco8_yaml, start, "off", freeze_bn=False)
+    assert all(rec.batch_statistics) and rec.kd[0] == 0.0  # teacher and student both on batch statistics
+
+
+def test_ultralytics_switches_to_train_mode_through_model_train_every_epoch():
+    """Pins upstream: `_model_train` (an internal) is where each epoch enters train mode, after the epoch-start
+    callbacks; Ultralytics itself keeps the BNs of frozen layers in eval mode there."""
+    assert ultralytics.__version__ == "8.4.190", "re-check this pin for another Ultralytics version"
+    loop = inspect.getsource(BaseTrainer._do_train)
+    assert loop.index('self.run_callbacks("on_train_epoch_start")') < loop.index("self._model_train()")
+    assert "m.eval()" in inspect.getsource(BaseTrainer._model_train)
