@@ -1,5 +1,6 @@
 """--freeze-bn in the real trainer: every BatchNorm normalises with its running statistics while training, those
-statistics stay the starting model's, the teacher normalises the same way, and the default follows the run."""
+statistics stay the starting model's, the teacher normalises the same way, and the default follows the run (pruning
+and from-scratch runs resolve it off: tests/train/test_pretrained_run.py, tests/train/test_trainer.py)."""
 
 import inspect
 import shutil
@@ -54,9 +55,29 @@ def running_statistics(model):
     return {k: v.clone() for k, v in model.state_dict().items() if "running" in k}
 
 
-def test_fine_tuning_from_weights_freezes_the_statistics_by_default(tmp_path, coco8_yaml, start):
+@pytest.fixture(scope="module")
+def fine_tune(tmp_path_factory, coco8_yaml, start):
+    """A 2-epoch fine-tune from weights with the defaults, and the last.pt a kill during its second epoch leaves."""
+    tmp = tmp_path_factory.mktemp("fine_tune")
     before = running_statistics(load_model(start))
-    trainer, rec = run(tmp_path, coco8_yaml, start, "default")
+    overrides = {**TINY, "epochs": 2, "model": str(start), "data": str(coco8_yaml), "project": str(tmp),
+                 "name": "whole"}  # fmt: skip
+    trainer = PruneTrainer(overrides=overrides, prune=PruneSettings())
+    rec = ModeRecorder(trainer)
+    killed = tmp / "killed" / "weights" / "last.pt"
+
+    def keep_last(t):
+        if t.epoch == 1 and not killed.exists():
+            killed.parent.mkdir(parents=True)
+            shutil.copy2(t.last, killed)
+
+    trainer.add_callback("on_train_epoch_start", keep_last)
+    trainer.train()
+    return trainer, rec, before, killed
+
+
+def test_fine_tuning_from_weights_freezes_the_statistics_by_default(fine_tune):
+    trainer, rec, before, _ = fine_tune
     assert trainer.prune_settings.freeze_bn is True and rec.batch_statistics and not any(rec.batch_statistics)
     # the teacher normalises like the student, so the first batch (before any step changed the student) matches
     assert rec.kd[0] == 0.0 and not any(m.training for m in trainer.distill.teacher.modules()
@@ -65,27 +86,8 @@ def test_fine_tuning_from_weights_freezes_the_statistics_by_default(tmp_path, co
     assert all(torch.allclose(before[k].float(), after[k].float()) for k in before)
 
 
-def test_pruning_and_training_from_scratch_keep_batch_statistics(tmp_path, coco8_yaml, start):
-    pruned, rec = run(tmp_path, coco8_yaml, start, "pruned", flops=0.2, warmup_frac=0.1, prune_frac=0.6,
-                      steps_per_epoch=2)  # fmt: skip
-    assert pruned.prune_settings.freeze_bn is False and all(rec.batch_statistics)
-    scratch, rec = run(tmp_path, coco8_yaml, "yolov8n.yaml", "scratch")
-    assert scratch.prune_settings.freeze_bn is False and all(rec.batch_statistics)
-
-
-def test_a_resumed_fine_tune_keeps_its_statistics_frozen(tmp_path, coco8_yaml, start):
-    overrides = {**TINY, "epochs": 2, "model": str(start), "data": str(coco8_yaml), "project": str(tmp_path),
-                 "name": "whole"}  # fmt: skip
-    trainer = PruneTrainer(overrides=overrides, prune=PruneSettings())
-    killed = tmp_path / "killed" / "weights" / "last.pt"
-
-    def keep_last(t):  # the last.pt a kill during the second epoch leaves behind
-        if t.epoch == 1 and not killed.exists():
-            killed.parent.mkdir(parents=True)
-            shutil.copy2(t.last, killed)
-
-    trainer.add_callback("on_train_epoch_start", keep_last)
-    trainer.train()
+def test_a_resumed_fine_tune_keeps_its_statistics_frozen(fine_tune):
+    killed = fine_tune[3]
     resumed = PruneTrainer(overrides={"resume": str(killed), "model": str(killed), "save_dir": str(killed.parents[1])})
     rec = ModeRecorder(resumed)
     resumed.train()

@@ -40,6 +40,7 @@ def run(tmp_path, coco8_yaml, start, name, **settings):
 def test_weights_run_distils_compensates_and_logs_each_step(tmp_path, coco8_yaml, start):
     trainer, rows = run(tmp_path, coco8_yaml, start, "default", criterion="damage")
     assert trainer.distill is not None and "kd_loss" in trainer.loss_names
+    assert trainer.prune_settings.freeze_bn is False  # pruning keeps batch statistics (tests/train/test_freeze_bn.py)
     assert len(rows) == len(trainer.pruner.schedule.positions)
     assert all(float(r["kd_loss"]) >= 0 for r in rows) and float(rows[-1]["kd_loss"]) > 0
     assert sum(int(r["compensated"]) for r in rows) > 0 and sum(int(r["pruned"]) for r in rows) > 0

@@ -53,7 +53,7 @@ def test_masks_exactly_zero_in_model_and_ema(effp_run):
     trainer, rec = effp_run
     assert trainer.pruner.final and len(rec.masks) >= 4
     # from scratch: no teacher worth distilling from, no learned correlations to compensate with (the defaults)
-    assert trainer.distill is None and trainer.pruner.compensation is None
+    assert trainer.distill is None and trainer.pruner.compensation is None and trainer.prune_settings.freeze_bn is False
     assert rec.zero_checks > 0
     # the steps ranked channels by Taylor sensitivity measured in training, masked channels included
     sens = trainer.pruner.method.taylor.average()
