@@ -3,7 +3,7 @@
 Why (issue 9, docs/results.md): with a pretrained detector and about a hundred images, training forgets faster than it
 recovers. On the COCO YOLOv5n and 96 real images, -20 % FLOPs: 30 epochs of pruning while fine-tuning end at 0.175
 mAP50-95, 90 epochs at 0.129, a higher learning rate at 0.152-0.161, while these steps without any training reach
-0.17-0.19, and fine-tuning their result for 30 epochs ends within noise of it (0.183-0.206 over six runs). So this
+0.17-0.19, and fine-tuning their result for 30 epochs ends at 0.183-0.211 (seven runs). So this
 method does not train: `yolo-prune prune --method damage --data D` measures on those images how much masking each
 channel would change the features the detection head reads (methods/damage.py: second order, random projections), then
 takes `damage_steps` steps towards the target (train/post_training.py). Each step masks the least damaging channels per
