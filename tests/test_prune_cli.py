@@ -11,6 +11,7 @@ from ultralytics.utils.torch_utils import get_flops
 
 from tests.models import ALL_MODELS
 from yolo_prune import api
+from yolo_prune.checkpoint import is_one_shot_prune
 from yolo_prune.cli import main
 from yolo_prune.errors import YoloPruneError
 
@@ -23,7 +24,9 @@ def test_prune_cuts_flops_by_target(name, tmp_path):
     measured = get_flops(model, 640)
     assert 1 - measured / report["base_gflops"] == pytest.approx(0.37, abs=0.005)
     assert report["predicted_gflops"] == pytest.approx(measured, rel=1e-9)
-    widths = torch.load(out, weights_only=False)["yolo_prune"]["widths"]
+    ckpt = torch.load(out, weights_only=False)
+    widths = ckpt["yolo_prune"]["widths"]
+    assert is_one_shot_prune(ckpt)  # what tells a later fine-tune to keep batch statistics (test_freeze_bn.py)
     assert all(w % 8 == 0 or w == full for w, full in zip(widths.values(), _full_widths(name).values()))
 
 

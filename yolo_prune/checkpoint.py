@@ -87,6 +87,13 @@ def unpack_numpy(obj):
     return obj
 
 
+def is_one_shot_prune(ckpt: dict | None) -> bool:
+    """Whether a checkpoint was written by `yolo-prune prune` (api.prune's manifest names the model it pruned; a
+    training run's manifest carries its settings instead): its BatchNorm statistics are still the dense model's."""
+    manifest = (ckpt or {}).get("yolo_prune")
+    return isinstance(manifest, dict) and "source" in manifest and "settings" not in manifest
+
+
 def save_checkpoint(model: nn.Module, out, manifest: dict, train_args: dict | None = None, half: bool = False,
                     key: str = "yolo_prune") -> Path:  # fmt: skip
     """Save `model` so that `YOLO(out)`, `yolo predict/val/export` and further training load it as is.

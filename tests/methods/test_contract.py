@@ -10,6 +10,7 @@ import torch
 from ultralytics.nn.tasks import load_checkpoint
 from ultralytics.utils.torch_utils import get_flops
 
+from yolo_prune.checkpoint import is_one_shot_prune
 from yolo_prune.methods import get_method, list_methods
 from yolo_prune.methods.base import option_owners
 from yolo_prune.methods.settings import PruneSettings
@@ -99,8 +100,10 @@ def test_options_saved_in_last_pt_and_the_slim_manifest(run):
     full = dataclasses.asdict(get_method(method).Options(**options))
     state = getattr(load(snapshot)["ema"], STATE_ATTR)
     assert state["pruner"]["settings"]["options"] == full
-    manifest = load(trainer.best)["yolo_prune"]
+    best = load(trainer.best)
+    manifest = best["yolo_prune"]
     assert manifest["method"] == method and manifest["options"] == full and manifest["settings"]["options"] == full
+    assert not is_one_shot_prune(best)  # trained after its cuts: a further fine-tune freezes its BN statistics
 
 
 @pytest.mark.slow

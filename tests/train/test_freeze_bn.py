@@ -1,6 +1,7 @@
 """--freeze-bn in the real trainer: every BatchNorm normalises with its running statistics while training, those
-statistics stay the starting model's, the teacher normalises the same way, and the default follows the run (pruning
-and from-scratch runs resolve it off: tests/train/test_pretrained_run.py, tests/train/test_trainer.py)."""
+statistics stay the starting model's, the teacher normalises the same way, and the default follows the run (on for a
+fine-tune from weights, off for the fine-tune of a one-shot prune; pruning and from-scratch runs resolve it off:
+tests/train/test_pretrained_run.py, tests/train/test_trainer.py)."""
 
 import inspect
 import shutil
@@ -9,10 +10,12 @@ import pytest
 import torch
 import ultralytics
 from torch import nn
+from ultralytics import YOLO
 from ultralytics.engine.trainer import BaseTrainer
 from ultralytics.utils.torch_utils import unwrap_model
 
 from yolo_prune import api
+from yolo_prune.checkpoint import save_checkpoint
 from yolo_prune.methods.schedule import PruneSettings
 from yolo_prune.nn.build import load_model
 from yolo_prune.train.trainer import PruneTrainer
@@ -23,8 +26,14 @@ TINY = dict(epochs=1, imgsz=64, batch=2, workers=0, plots=False, device="cpu", e
 
 @pytest.fixture(scope="module")
 def start(tmp_path_factory):
-    """A yolov8n checkpoint to fine-tune from (written by a one-shot prune; its weights are what matters)."""
-    out = tmp_path_factory.mktemp("start") / "start.pt"
+    """A dense yolov8n checkpoint to fine-tune from (untrained: its weights are not what these tests are about)."""
+    return save_checkpoint(load_model("yolov8n.yaml"), tmp_path_factory.mktemp("start") / "start.pt", {}, key="test")
+
+
+@pytest.fixture(scope="module")
+def one_shot(tmp_path_factory):
+    """A yolov8n checkpoint written by a one-shot prune (`yolo-prune prune`)."""
+    out = tmp_path_factory.mktemp("one_shot") / "one_shot.pt"
     api.prune("yolov8n.yaml", flops=0.1, out=out)
     return out
 
@@ -94,9 +103,20 @@ def test_a_resumed_fine_tune_keeps_its_statistics_frozen(fine_tune):
     assert resumed.prune_settings.freeze_bn is True and rec.batch_statistics and not any(rec.batch_statistics)
 
 
-def test_freeze_bn_switches_off(tmp_path, coco8_yaml, start):
-    trainer, rec = run(tmp_path, coco8_yaml, start, "off", freeze_bn=False)
-    assert all(rec.batch_statistics) and rec.kd[0] == 0.0  # teacher and student both on batch statistics
+def test_a_one_shot_prune_fine_tunes_with_batch_statistics_by_default(tmp_path, coco8_yaml, one_shot):
+    """Through the Python API the trainer gets the model built; it reads the file's manifest to tell."""
+    model = YOLO(str(one_shot))
+    model.add_callback("on_train_start", lambda t: setattr(t, "recorder", ModeRecorder(t)))
+    model.train(trainer=PruneTrainer, data=str(coco8_yaml), project=str(tmp_path), name="api", **TINY)
+    trainer = model.trainer
+    assert trainer.prune_settings.freeze_bn is False and trainer.recorder.batch_statistics
+    assert all(trainer.recorder.batch_statistics)
+    assert trainer.recorder.kd[0] == 0.0  # teacher and student both on batch statistics
+
+
+def test_freeze_bn_switches_on_for_a_one_shot_prune(tmp_path, coco8_yaml, one_shot):
+    trainer, rec = run(tmp_path, coco8_yaml, one_shot, "on", freeze_bn=True)
+    assert rec.batch_statistics and not any(rec.batch_statistics)
 
 
 def test_ultralytics_switches_to_train_mode_through_model_train_every_epoch():

@@ -32,7 +32,7 @@ from ultralytics.models.yolo.detect import DetectionTrainer
 from ultralytics.utils import DEFAULT_CFG, LOGGER, RANK
 from ultralytics.utils.torch_utils import unwrap_model
 
-from ..checkpoint import STATE_ATTR, pack_numpy, unpack_numpy
+from ..checkpoint import STATE_ATTR, is_one_shot_prune, pack_numpy, unpack_numpy
 from ..errors import YoloPruneError
 from ..methods.settings import PruneSettings
 from ..nn.build import load_model
@@ -58,6 +58,7 @@ class PruneTrainer(DetectionTrainer):
         self.pruner: InTrainingPruner | None = None
         self.distill: FeatureDistillation | None = None
         self._from_weights = False  # set by get_model: a trained starting point is what distillation needs
+        self._start_ckpt: dict | None = None  # the checkpoint training starts from, once read (setup_model)
         self._nbs_given = "nbs" in (overrides or {}) or self.resume  # a resumed run keeps the nbs it ran with
         self.prune_log = None
         self._resume_state = None
@@ -101,7 +102,7 @@ class PruneTrainer(DetectionTrainer):
         cfg, weights, ckpt = self.model, None, None
         if str(self.model).endswith(".pt"):
             weights, ckpt = _read_weights(self.model)
-            cfg = weights.yaml
+            cfg, self._start_ckpt = weights.yaml, ckpt or {}
         if pretrained and not self.resume:
             weights, _ = _read_weights(pretrained)
         if ckpt is not None and self.resume:
@@ -132,13 +133,7 @@ class PruneTrainer(DetectionTrainer):
     def set_model_attributes(self):
         """Ultralytics' hook for the model before compile, DDP, optimizer and EMA: the pruner and the method's setup."""
         super().set_model_attributes()
-        settings = self.prune_settings
-        if settings.freeze_bn is None:  # resolved once; a resumed run reads it back from last.pt
-            resumed = bool((self._resume_state or {}).get("freeze_bn"))
-            settings.freeze_bn = resumed if self.resume else self._from_weights and not settings.cut
-        if settings.freeze_bn and RANK in {-1, 0}:
-            LOGGER.info("yolo-prune: BatchNorm statistics frozen while training, as at inference (--no-freeze-bn "
-                        "disables)")  # fmt: skip
+        self._resolve_freeze_bn()
         if not self.prune_settings.cut:
             return
         if self.prune_settings.compensate is None:  # resolved once; a resumed run reads it back from last.pt
@@ -146,6 +141,37 @@ class PruneTrainer(DetectionTrainer):
         model = unwrap_model(self.model)
         self.pruner = InTrainingPruner(model, self.prune_settings, self.epochs, loss=detection_loss)
         self.pruner.setup()
+
+    def _resolve_freeze_bn(self) -> None:
+        """--freeze-bn's default, once (a resumed run reads it back from last.pt): on for a fine-tune from weights
+        without pruning, unless they are a one-shot prune."""
+        settings = self.prune_settings
+        if settings.freeze_bn is None:
+            fine_tune = self._from_weights and not settings.cut
+            if self.resume:
+                settings.freeze_bn = bool((self._resume_state or {}).get("freeze_bn"))
+            elif fine_tune and self._starts_from_one_shot_prune():
+                settings.freeze_bn = False
+                if RANK in {-1, 0}:
+                    LOGGER.info("yolo-prune: fine-tuning a one-shot prune with BatchNorm batch statistics "
+                                "(--freeze-bn freezes them)")  # fmt: skip
+            else:
+                settings.freeze_bn = fine_tune
+        if settings.freeze_bn and RANK in {-1, 0}:
+            LOGGER.info("yolo-prune: BatchNorm statistics frozen while training, as at inference (--no-freeze-bn "
+                        "disables)")  # fmt: skip
+
+    def _starts_from_one_shot_prune(self) -> bool:
+        """A `yolo-prune prune` checkpoint keeps the dense model's BatchNorm statistics, so its fine-tune normalises
+        with batch statistics (measured better than frozen ones, docs/results.md). Through the Python API
+        (`YOLO(x).train(trainer=PruneTrainer)`) the model arrives built; its file is `args.model`."""
+        path = str(self.args.model)
+        if self._start_ckpt is None and path.endswith(".pt") and Path(path).is_file():
+            try:
+                self._start_ckpt = _read_weights(path)[1] or {}
+            except YoloPruneError:  # the caller loaded it by other means; unreadable here, so not one of ours
+                self._start_ckpt = {}
+        return is_one_shot_prune(self._start_ckpt)
 
     def build_optimizer(self, model, *args, **kwargs):
         """Ultralytics' optimizer, plus the method's parameter groups and the pruner's step hooks."""
