@@ -59,6 +59,28 @@ def test_asfp_shrinks_a_redundant_layer_more_and_moves_with_the_fewest_changes(v
     assert grew > 0
 
 
+def test_asfp_steps_no_further_than_its_target_when_a_whole_group_is_redundant(v8n):
+    """A proposed width alive * (1 - rho) sits at the floor for any scale once rho = 1, so scaling widths overshot a
+    small step; scaling the removal of redundant channels stops where the target is."""
+    model, graph, budget = v8n
+    asfp = get_method("asfp")(graph, budget)
+    base = graph.gflops()
+
+    def saving(g):  # FLOPs given up by cutting the group to its floor
+        return budget.cost.external(budget.group_cost(g.gid, g.width) - budget.group_cost(g.gid, budget.floors[g.gid]))
+
+    quiet = max(graph.groups, key=saving)
+    sensitivity = taylor_like(graph)
+    for s in graph.sites:
+        if s.site.name in quiet.members:
+            sensitivity[s.site.norm_name] = sensitivity[s.site.norm_name] / 100
+    measured(asfp, sensitivity)
+    target = base - 0.3 * saving(quiet)
+    masks = step(asfp, model, MaskSet(graph), target)
+    assert masks.gflops() == pytest.approx(target, abs=0.003 * base)
+    assert masks.masks[quiet.name].sum() < quiet.width  # the redundant group is where the step cuts
+
+
 def test_uniform_removes_about_the_same_share_everywhere(v8n):
     model, graph, budget = v8n
     masks = step(get_method("uniform")(graph, budget), model, MaskSet(graph), graph.gflops() * 0.63)
