@@ -62,8 +62,8 @@ def main():
     from yolo_prune.methods.msvfp import LossAwareSearch, StepCriterion
     from yolo_prune.methods.settings import PruneSettings
     from yolo_prune.nn.build import load_model
+    from yolo_prune.train.loss import detection_loss
     from yolo_prune.train.pruner import InTrainingPruner
-    from yolo_prune.train.trainer import detection_loss
 
     images = sorted((SHARED / "coco128" / "images" / "train2017").glob("*.jpg"))
     labels = SHARED / "coco128" / "labels" / "train2017"

@@ -162,8 +162,8 @@ def load_tool(name):
 def test_a_pruning_step_searches_with_the_detection_loss_and_logs_it(coco8):
     from ultralytics.cfg import get_cfg
 
+    from yolo_prune.train.loss import detection_loss
     from yolo_prune.train.pruner import InTrainingPruner
-    from yolo_prune.train.trainer import detection_loss
 
     model = load_model("yolov8n.yaml")
     model.args = get_cfg()  # the loss gains, as the trainer sets them

@@ -37,9 +37,10 @@ from ..errors import YoloPruneError
 from ..methods.settings import PruneSettings
 from ..nn.build import load_model
 from . import resume
-from .distill import DistilledCriterion, FeatureDistillation
+from .distill import FeatureDistillation
 from .finalize import slim_checkpoint
 from .log import PruneLog
+from .loss import detection_loss
 from .pruner import InTrainingPruner
 from .quick_val import QuickValidation
 
@@ -323,31 +324,6 @@ def _read_weights(path) -> tuple[torch.nn.Module, dict | None]:
     if importer.is_foreign(path):
         return load_model(path), None
     return load_checkpoint(path)
-
-
-@torch.no_grad()
-def detection_loss(model: torch.nn.Module, batches: list[dict]) -> float:
-    """Mean detection loss per image on cached batches (images as uint8): Ultralytics' criterion, eval mode.
-
-    The stock criterion only: distillation's term measures closeness to the teacher, not detection.
-    """
-    criterion = model.criterion if getattr(model, "criterion", None) is not None else model.init_criterion()
-    if isinstance(criterion, DistilledCriterion):
-        criterion = criterion.base
-    device = next(model.parameters()).device
-    was_training = model.training
-    model.eval()
-    total, images = 0.0, 0
-    try:
-        for cached in batches:
-            batch = {k: v.to(device) for k, v in cached.items()}
-            batch["img"] = batch["img"].float() / 255
-            loss, _ = criterion(model(batch["img"]), batch)
-            total += float(loss.sum())
-            images += batch["img"].shape[0]
-    finally:
-        model.train(was_training)
-    return total / max(images, 1)
 
 
 MIN_OPTIMIZER_STEPS_PER_EPOCH = 16
