@@ -14,7 +14,8 @@ Default: the COCO-pretrained YOLOv5n (../shared/data/yolov5n_coco) on the real c
 - one-shot baselines (l1, uniform, random, and `tp`: Torch-Pruning group-L2 with a uniform ratio, when torch-pruning
   is installed, `pip install -e ".[bench]"`): prune W to the cut, then `yolo-prune train --weights pruned.pt --flops 0`;
 - post-training (`damage`): `yolo-prune prune --method damage --data D`, scored as pruned; `damage_ft` is the same
-  prune fine-tuned like the one-shot baselines (`--flops 0`, so with frozen BN statistics by default).
+  prune fine-tuned like the one-shot baselines (`--flops 0`; a one-shot prune fine-tunes with batch statistics by
+  default).
 Every final best.pt is validated on the held-out split by Ultralytics (mAP50-95, mAP50); GFLOPs by Ultralytics'
 counter at 640. Results go to OUT/results.json as they finish (a re-run skips finished runs), a table is printed and
 OUT/map_vs_gflops.png is drawn. key=value arguments are passed to every training run.
