@@ -25,6 +25,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..nn.modes import eval_mode
+
 Labels = np.ndarray  # int64 label per channel of a tensor
 
 _RULES: dict[type, Callable] = {}
@@ -205,14 +207,11 @@ def record_forward(model: nn.Module, size: tuple[int, int]) -> Recording:
                 rec.conv_hw.setdefault(names[m], []).append(out.shape[2] * out.shape[3])
 
     handles = [m.register_forward_hook(hook) for m in model.modules()]
-    was_training = model.training
     try:
         p = next(model.parameters())
-        model.eval()
-        with torch.no_grad():
+        with torch.no_grad(), eval_mode(model):
             model(torch.zeros(1, 3, *size, dtype=p.dtype, device=p.device))
     finally:
         for h in handles:
             h.remove()
-        model.train(was_training)
     return rec

@@ -13,6 +13,7 @@ from torch import nn
 
 from ..errors import YoloPruneError
 from ..graph.analyze import ChannelGraph
+from ..nn.modes import eval_mode
 from .lut import FORMAT, VERSION
 
 CIN_POINTS = 8  # widths measured on the input side (all grid widths on the output side)
@@ -88,13 +89,10 @@ def _input_sizes(model: nn.Module, imgsz) -> dict[str, list[tuple[int, int]]]:
         sizes.setdefault(names[m], []).append(tuple(args[0].shape[-2:]))
 
     handles = [m.register_forward_pre_hook(hook) for m in model.modules() if isinstance(m, nn.Conv2d)]
-    was_training = model.training
     try:
-        model.eval()
-        with torch.no_grad():
+        with torch.no_grad(), eval_mode(model):
             model(torch.zeros(1, 3, *imgsz, dtype=next(model.parameters()).dtype))
     finally:
         for h in handles:
             h.remove()
-        model.train(was_training)
     return sizes

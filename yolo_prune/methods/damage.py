@@ -24,6 +24,7 @@ import torch
 from torch import nn
 
 from ..graph.analyze import ChannelGraph
+from ..nn.modes import modes_restored
 from .criteria import global_scores
 
 DECAY = 0.8  # moving average across pruning steps: each step adds `PROJECTIONS` samples of the latest batch
@@ -95,21 +96,20 @@ def _projection(model: nn.Module, images: torch.Tensor, generator: torch.Generat
 
 @contextmanager
 def _isolated(model: nn.Module):
-    """Train-mode forward with batch statistics that never update the running ones; gradients restored after."""
+    """Train-mode forward with batch statistics that never update the running ones; modes and gradients restored."""
     grads = {p: p.grad for p in model.parameters()}
     bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
     momenta = [(m.momentum, m.num_batches_tracked.clone() if m.num_batches_tracked is not None else None) for m in bns]
-    was_training = model.training
-    model.train()
-    for m in bns:
-        m.momentum = 0.0
     try:
-        yield
+        with modes_restored(model):
+            model.train()
+            for m in bns:
+                m.momentum = 0.0
+            yield
     finally:
         for m, (momentum, tracked) in zip(bns, momenta):
             m.momentum = momentum
             if tracked is not None:
                 m.num_batches_tracked.copy_(tracked)
-        model.train(was_training)
         for p, g in grads.items():
             p.grad = g

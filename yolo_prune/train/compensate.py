@@ -22,6 +22,7 @@ import torch
 from torch import nn
 
 from ..graph.analyze import ChannelGraph
+from ..nn.modes import eval_mode
 from ..slim.merge import absorb_inputs
 
 RIDGE = 1e-3  # ridge strength relative to the mean input variance
@@ -99,12 +100,10 @@ def _input_statistics(model: nn.Module, names: list[str], images: torch.Tensor) 
         return hook
 
     hooks = [modules[n].register_forward_pre_hook(keep(n)) for n in names]
-    was_training = model.training
     try:
-        model.eval()
-        model(images)
+        with eval_mode(model):
+            model(images)
     finally:
-        model.train(was_training)
         for h in hooks:
             h.remove()
     return found

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 
+from ..nn.modes import eval_mode
 from .distill import DistilledCriterion
 
 
@@ -17,16 +18,12 @@ def detection_loss(model: torch.nn.Module, batches: list[dict]) -> float:
     if isinstance(criterion, DistilledCriterion):
         criterion = criterion.base
     device = next(model.parameters()).device
-    was_training = model.training
-    model.eval()
     total, images = 0.0, 0
-    try:
+    with eval_mode(model):
         for cached in batches:
             batch = {k: v.to(device) for k, v in cached.items()}
             batch["img"] = batch["img"].float() / 255
             loss, _ = criterion(model(batch["img"]), batch)
             total += float(loss.sum())
             images += batch["img"].shape[0]
-    finally:
-        model.train(was_training)
     return total / max(images, 1)

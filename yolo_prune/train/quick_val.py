@@ -9,6 +9,8 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Subset
 
+from ..nn.modes import eval_mode
+
 
 class QuickValidation:
     """Ultralytics' detection metrics of a model on the first `images` validation images (0: all).
@@ -43,13 +45,10 @@ class QuickValidation:
 
     @torch.no_grad()
     def __call__(self, model: nn.Module, images: int = 0) -> dict:
-        v, was_training = self.validator, model.training
-        model.eval()
-        try:
+        v = self.validator
+        with eval_mode(model):
             v.init_metrics(model)
             for batch in self._batches(images):
                 batch = v.preprocess(batch)
                 v.update_metrics(v.postprocess(model(batch["img"])), batch)
             return v.get_stats()
-        finally:
-            model.train(was_training)
