@@ -38,7 +38,7 @@ class PruneSettings(Options):
         None,
         "train with every BatchNorm normalising by its running statistics, frozen, as at inference; default: on "
         "when fine-tuning from weights without pruning (measured better on a small set), off while pruning (the "
-        "batch statistics absorb each mask change: measured worse frozen) and when fine-tuning a `yolo-prune "
+        "batch statistics absorb each mask change: measured no better frozen) and when fine-tuning a `yolo-prune "
         "prune` checkpoint (its statistics are the dense model's: measured worse frozen)",
     )
     criterion: str = setting(
