@@ -94,7 +94,7 @@ def main():
     a = p.parse_args()
     torch.manual_seed(a.seed)
     teacher = frozen_train_mode(load_model(a.teacher).float()).requires_grad_(False)
-    student = load_checkpoint(a.student)[0].float().requires_grad_(True)
+    student = frozen_train_mode(load_checkpoint(a.student)[0].float()).requires_grad_(True)  # score() copies it
     print(f"step 0: mAP50-95 / mAP50 {score(student, a.data, a.imgsz)}", flush=True)
     optimizer = torch.optim.AdamW(student.parameters(), lr=a.lr, weight_decay=0.0)
     batches, step = loader(a.data, a.split, a.imgsz, a.mosaic, a.seed), 0
@@ -105,7 +105,7 @@ def main():
             images = batch["img"].float() / 255
             with torch.no_grad():
                 target = teacher(images)
-            loss = output_distillation(frozen_train_mode(student)(images), target)
+            loss = output_distillation(student(images), target)
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
