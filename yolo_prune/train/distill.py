@@ -28,7 +28,7 @@ class FeatureDistillation:
         """`batch_statistics`: whether the student's BatchNorms normalise with batch statistics (Ultralytics' train
         mode) or with their frozen running statistics (`--freeze-bn`); the teacher does the same."""
         self.weight = float(weight)
-        self.teacher = _frozen_like_student(deepcopy(student), batch_statistics)
+        self.teacher = frozen_like_student(deepcopy(student), batch_statistics)
         self._features: dict[str, dict[int, torch.Tensor]] = {"student": {}, "teacher": {}}
         self._hooks = [_head(m).register_forward_pre_hook(self._capture(who))
                        for who, m in (("student", student), ("teacher", self.teacher))]  # fmt: skip
@@ -90,7 +90,7 @@ class DistilledCriterion:
         return getattr(self.base, name)
 
 
-def _frozen_like_student(model: nn.Module, batch_statistics: bool) -> nn.Module:
+def frozen_like_student(model: nn.Module, batch_statistics: bool) -> nn.Module:
     """No gradients, and BatchNorm normalising like the student's (batch statistics or the running ones), never
     updating its own.
 
