@@ -3,8 +3,10 @@
 
     python tools/coco128_split.py OUT_DIR [--val 32]
 
-The last `--val` images (sorted by name) are validation, the rest training; Ultralytics reads the two lists of
-absolute image paths. coco128's own data.yaml trains and validates on the same 128 images.
+The last `--val` images (sorted by name) are validation, the rest training; coco128's own data.yaml trains and
+validates on the same 128 images. Each split links its images and labels under OUT_DIR/images/<split> and
+OUT_DIR/labels/<split>, so Ultralytics keeps one label cache per split there: listing the shared files directly makes
+both splits rewrite the same cache inside ../shared (and two runs at once race on it).
 """
 
 import argparse
@@ -25,12 +27,25 @@ def main():
     if not images:
         raise SystemExit(f"no images under {args.coco128}/images/train2017")
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "train.txt").write_text("".join(f"{p}\n" for p in images[: -args.val]))
-    (args.out / "val.txt").write_text("".join(f"{p}\n" for p in images[-args.val :]))
+    for split, files in (("train", images[: -args.val]), ("val", images[-args.val :])):
+        linked = [_link(image, args.out / "images" / split) for image in files]
+        for image in files:
+            label = args.coco128 / "labels" / "train2017" / f"{image.stem}.txt"
+            if label.exists():  # a few coco128 images have no objects, hence no label file
+                _link(label, args.out / "labels" / split)
+        (args.out / f"{split}.txt").write_text("".join(f"{p}\n" for p in linked))
     names = yaml.safe_load((args.coco128 / "data.yaml").read_text())["names"]
     data = {"path": str(args.out), "train": "train.txt", "val": "val.txt", "names": names}
     (args.out / "coco128-split.yaml").write_text(yaml.safe_dump(data, sort_keys=False))
     print(args.out / "coco128-split.yaml", f"{len(images) - args.val} train / {args.val} val images")
+
+
+def _link(target: Path, folder: Path) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    link = folder / target.name
+    if not link.is_symlink():
+        link.symlink_to(target.resolve())
+    return link
 
 
 if __name__ == "__main__":

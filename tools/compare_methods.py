@@ -17,8 +17,9 @@ Default: the COCO-pretrained YOLOv5n (../shared/data/yolov5n_coco) on the real c
   prune fine-tuned like the one-shot baselines (`--flops 0`; a one-shot prune fine-tunes with batch statistics by
   default).
 Every final best.pt is validated on the held-out split by Ultralytics (mAP50-95, mAP50); GFLOPs by Ultralytics'
-counter at 640. Results go to OUT/results.json as they finish (a re-run skips finished runs), a table is printed and
-OUT/map_vs_gflops.png is drawn. key=value arguments are passed to every training run.
+counter at 640. Results go to OUT/results.json as they finish (a re-run skips finished runs; a failed run is
+reported with its log, left out, and retried by the next re-run), a table is printed and OUT/map_vs_gflops.png is
+drawn. key=value arguments are passed to every training run.
 """
 
 from __future__ import annotations
@@ -37,8 +38,8 @@ POST_TRAINING = ["damage"]  # one-shot methods that measure on the data: scored 
 FINE_TUNED = {"damage_ft": "damage"}  # ... and the same prunes fine-tuned
 
 
-# extra runs of a method with options: iw under its tolerance stop (its own run) and held to the cut (research/methods.md
-# 8.5: report the tolerance-constrained and the rate-constrained results separately)
+# extra runs of a method with options: iw under its tolerance stop (its own run) and held to the cut
+# (research/methods.md 8.5: report the tolerance-constrained and the rate-constrained results separately)
 VARIANTS = {"iw_cap": ("iw", ["--tolerance", "1"])}
 
 
@@ -126,8 +127,11 @@ def _run(method, cut, seed, data, folder: Path, args) -> dict:
            "--batch", str(args.batch), "--project", str(folder.parent), "--name", folder.name,
            f"seed={seed}", "workers=0", "val=False", "exist_ok=True", *args.extra]  # fmt: skip
     folder.mkdir(parents=True, exist_ok=True)
-    with open(folder.parent / f"{folder.name}.log", "w") as log:
-        subprocess.run(cmd, check=True, stdout=log, stderr=subprocess.STDOUT)
+    log_path = folder.parent / f"{folder.name}.log"
+    with open(log_path, "w") as log:
+        code = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT).returncode
+    if code:  # one failed run should not cost the rest of the matrix; it is reported and left out of the table
+        raise _Skip(f"the run failed (exit {code}); its log: {log_path}")
     wall = time.perf_counter() - start
     return {**score(folder / "weights" / "best.pt", data, args.imgsz), "wall_s": round(wall, 1)}
 

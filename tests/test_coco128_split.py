@@ -1,0 +1,34 @@
+"""tools/coco128_split.py: the held-out split every accuracy figure of issue 9 is scored on."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import yaml
+from ultralytics.data.dataset import YOLODataset
+
+TOOL = Path(__file__).resolve().parents[1] / "tools" / "coco128_split.py"
+
+
+def test_split_is_disjoint_and_ultralytics_caches_its_labels_inside_it(coco128, tmp_path):
+    out = tmp_path / "split"
+    subprocess.run([sys.executable, str(TOOL), str(out), "--coco128", str(coco128)], check=True, capture_output=True)
+    shared_before = sorted(p.name for p in (coco128 / "labels").iterdir())
+    data = yaml.safe_load((out / "coco128-split.yaml").read_text())
+    names = {split: [Path(line).name for line in (out / data[split]).read_text().split()] for split in ("train", "val")}
+    assert (len(names["train"]), len(names["val"])) == (96, 32)
+    assert not set(names["train"]) & set(names["val"])
+    assert sorted(names["train"] + names["val"]) == sorted(p.name for p in (coco128 / "images" / "train2017").iterdir())
+
+    for split in ("train", "val"):
+        dataset = YOLODataset(img_path=str(out / data[split]), data={"names": data["names"], "channels": 3},
+                              imgsz=320, augment=False, prefix=f"{split}: ")  # fmt: skip
+        boxes = sum(len(label["cls"]) for label in dataset.labels)
+        assert boxes == sum(_box_count(coco128, name) for name in names[split]), "every label reaches Ultralytics"
+        assert (out / "labels" / f"{split}.cache").exists(), "one label cache per split, inside the split's folder"
+    assert sorted(p.name for p in (coco128 / "labels").iterdir()) == shared_before, "nothing written into ../shared"
+
+
+def _box_count(coco128: Path, image_name: str) -> int:
+    label = coco128 / "labels" / "train2017" / f"{Path(image_name).stem}.txt"
+    return sum(1 for line in label.read_text().splitlines() if line.strip()) if label.exists() else 0
