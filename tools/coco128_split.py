@@ -43,8 +43,8 @@ def main():
 def _link(target: Path, folder: Path) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     link = folder / target.name
-    if not link.is_symlink():
-        link.symlink_to(target.resolve())
+    link.unlink(missing_ok=True)  # a re-run, possibly from another --coco128, links afresh
+    link.symlink_to(target.resolve())
     return link
 
 
