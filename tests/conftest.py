@@ -79,6 +79,13 @@ def coco8_yaml(tmp_path_factory, coco8) -> Path:
     from ultralytics.utils import ROOT
 
     names = yaml.safe_load((ROOT / "cfg/datasets/coco8.yaml").read_text())["names"]
-    path = tmp_path_factory.mktemp("data") / "coco8.yaml"
-    path.write_text(yaml.safe_dump({"path": str(coco8), "train": "images/train", "val": "images/val", "names": names}))
+    folder = tmp_path_factory.mktemp("data")
+    # file by file, so Ultralytics writes its label caches here and not into ../shared
+    for kind in ("images", "labels"):
+        for file in (coco8 / kind).glob("*/*"):
+            (folder / "coco8" / kind / file.parent.name).mkdir(parents=True, exist_ok=True)
+            (folder / "coco8" / kind / file.parent.name / file.name).symlink_to(file)
+    path = folder / "coco8.yaml"
+    path.write_text(yaml.safe_dump({"path": str(folder / "coco8"), "train": "images/train", "val": "images/val",
+                                    "names": names}))  # fmt: skip
     return path
