@@ -12,8 +12,8 @@ TOOL = Path(__file__).resolve().parents[1] / "tools" / "coco128_split.py"
 
 def test_split_is_disjoint_and_ultralytics_caches_its_labels_inside_it(coco128, tmp_path):
     out = tmp_path / "split"
+    shared_before = sorted(p.name for p in (coco128 / "labels").iterdir())  # before the tool too: it only links
     subprocess.run([sys.executable, str(TOOL), str(out), "--coco128", str(coco128)], check=True, capture_output=True)
-    shared_before = sorted(p.name for p in (coco128 / "labels").iterdir())
     data = yaml.safe_load((out / "coco128-split.yaml").read_text())
     names = {split: [Path(line).name for line in (out / data[split]).read_text().split()] for split in ("train", "val")}
     assert (len(names["train"]), len(names["val"])) == (96, 32)
