@@ -80,12 +80,29 @@ def coco8_yaml(tmp_path_factory, coco8) -> Path:
 
     names = yaml.safe_load((ROOT / "cfg/datasets/coco8.yaml").read_text())["names"]
     folder = tmp_path_factory.mktemp("data")
-    # file by file, so Ultralytics writes its label caches here and not into ../shared
-    for kind in ("images", "labels"):
-        for file in (coco8 / kind).glob("*/*"):
-            (folder / "coco8" / kind / file.parent.name).mkdir(parents=True, exist_ok=True)
-            (folder / "coco8" / kind / file.parent.name / file.name).symlink_to(file)
+    link_files(coco8, folder / "coco8", ("images", "labels"))
     path = folder / "coco8.yaml"
     path.write_text(yaml.safe_dump({"path": str(folder / "coco8"), "train": "images/train", "val": "images/val",
                                     "names": names}))  # fmt: skip
     return path
+
+
+@pytest.fixture(scope="session")
+def coco128_linked(tmp_path_factory, coco128) -> Path:
+    """coco128 laid out again (its images, labels, official annotations and data.yaml), so a test that hands its
+    data.yaml to Ultralytics gets the label cache written here and not into ../shared."""
+    folder = tmp_path_factory.mktemp("coco128") / "coco128"
+    link_files(coco128, folder, ("images", "labels", "annotations"))
+    (folder / "data.yaml").write_text((coco128 / "data.yaml").read_text())  # `path: .`: relative to this file
+    return folder
+
+
+def link_files(source: Path, target: Path, kinds: tuple[str, ...]) -> None:
+    """Link every file under source/<kind> into target/<kind> one by one: Ultralytics resolves a linked folder back
+    to ../shared and would write its label caches there, a linked file it does not."""
+    for kind in kinds:
+        for file in (source / kind).rglob("*"):
+            if file.is_file():
+                link = target / file.relative_to(source)
+                link.parent.mkdir(parents=True, exist_ok=True)
+                link.symlink_to(file)

@@ -6,7 +6,8 @@
 The last `--val` images (sorted by name) are validation, the rest training; coco128's own data.yaml trains and
 validates on the same 128 images. Each split links its images and labels under OUT_DIR/images/<split> and
 OUT_DIR/labels/<split>, so Ultralytics keeps one label cache per split there: listing the shared files directly makes
-both splits rewrite the same cache inside ../shared (and two runs at once race on it).
+both splits rewrite the same cache inside ../shared (and two runs at once race on it). The tool writes both caches
+itself, so runs started together on a fresh split find them ready.
 """
 
 import argparse
@@ -37,7 +38,17 @@ def main():
     names = yaml.safe_load((args.coco128 / "data.yaml").read_text())["names"]
     data = {"path": str(args.out), "train": "train.txt", "val": "val.txt", "names": names}
     (args.out / "coco128-split.yaml").write_text(yaml.safe_dump(data, sort_keys=False))
+    _cache_labels(args.out / "coco128-split.yaml")
     print(args.out / "coco128-split.yaml", f"{len(images) - args.val} train / {args.val} val images")
+
+
+def _cache_labels(data: Path) -> None:
+    """Write both splits' label caches now: runs started together on a fresh split would each write them, and
+    Ultralytics' cache write is not safe against a concurrent one (one run fails on the other's half-renamed file)."""
+    from yolo_prune.data import dataset_labels
+
+    for split in ("train", "val"):
+        dataset_labels(data, split)
 
 
 def _link(target: Path, folder: Path) -> Path:

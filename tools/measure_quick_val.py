@@ -60,9 +60,9 @@ def main():
     header = f"{'cut':>5} {'full val':>15} " + " ".join(f"{f'first {sizes[n]}':>15} {'s/call':>6}" for n in args.images)
     print(f"mAP50-95 and its drop from the uncut model ({len(real.dataloader.dataset)} validation images)\n{header}")
     for r in rows:
-        drop = lambda key: r[key] - rows[0][key]  # noqa: E731
-        cells = " ".join(f"{r[n]:7.3f} ({drop(n):+.3f}) {r[f't{n}']:6.2f}" for n in args.images)
-        print(f"{r['cut']:5.2f} {r['full']:7.3f} ({drop('full'):+.3f}) {cells}")
+        drop = {key: r[key] - rows[0][key] for key in ("full", *args.images)}
+        cells = " ".join(f"{r[n]:7.3f} ({drop[n]:+.3f}) {r[f't{n}']:6.2f}" for n in args.images)
+        print(f"{r['cut']:5.2f} {r['full']:7.3f} ({drop['full']:+.3f}) {cells}")
 
 
 if __name__ == "__main__":

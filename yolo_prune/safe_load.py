@@ -140,7 +140,8 @@ def _class(module: str, name: str) -> type | None:
     if not isinstance(obj, type) or not (obj.__module__ == module or obj.__module__.startswith(module + ".")):
         return None
     owner = obj.__module__
-    return obj if issubclass(obj, nn.Module) or any(owner == m or owner.startswith(m + ".") for m in _CLASS_MODULES) else None
+    ours = any(owner == m or owner.startswith(m + ".") for m in _CLASS_MODULES)
+    return obj if issubclass(obj, nn.Module) or ours else None
 
 
 class _Unpickler(pickle._Unpickler):

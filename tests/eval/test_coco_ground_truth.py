@@ -16,6 +16,7 @@ import json
 import numpy as np
 import pytest
 
+from yolo_prune.data import dataset_labels
 from yolo_prune.errors import YoloPruneError
 from yolo_prune.eval.coco import (
     COCO_METRICS,
@@ -25,15 +26,14 @@ from yolo_prune.eval.coco import (
     find_instances_json,
     ground_truth_from_labels,
 )
-from yolo_prune.data import dataset_labels
 
 ALL_AREA = ("AP50-95", "AP50", "AP75", "AR1", "AR10", "AR100")
 
 
 @pytest.fixture(scope="module")
-def coco128_split(coco128):
-    labels, names = dataset_labels(coco128 / "data.yaml")
-    official_file = coco128 / "annotations" / "instances_train2017_coco128.json"
+def coco128_split(coco128_linked):
+    labels, names = dataset_labels(coco128_linked / "data.yaml")
+    official_file = coco128_linked / "annotations" / "instances_train2017_coco128.json"
     official = json.loads(official_file.read_text())
     return labels, names, official, official_file
 
@@ -83,6 +83,10 @@ def test_label_ground_truth_has_the_official_images_boxes_and_categories(coco128
     mapping = category_map(official["categories"], names)
     assert mapping == dict(enumerate(sorted(c["id"] for c in official["categories"])))
     assert mapping[11] == 13 and mapping[79] == 90  # stop sign, toothbrush
+
+
+def test_the_label_cache_is_written_beside_the_linked_labels_not_into_shared(coco128_split, coco128_linked):
+    assert (coco128_linked / "labels" / "train2017.cache").is_file()
 
 
 def test_label_and_official_ground_truth_give_the_same_12_metrics(coco128_split):

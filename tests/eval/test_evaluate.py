@@ -13,9 +13,9 @@ IMGSZ = 256
 
 
 @pytest.fixture(scope="module")
-def official_run(yolov5n_coco, coco128, tmp_path_factory):
+def official_run(yolov5n_coco, coco128_linked, tmp_path_factory):
     out = tmp_path_factory.mktemp("val") / "val.json"
-    return evaluate(str(yolov5n_coco), data=coco128 / "data.yaml", imgsz=IMGSZ, batch=32, json_out=out), out
+    return evaluate(str(yolov5n_coco), data=coco128_linked / "data.yaml", imgsz=IMGSZ, batch=32, json_out=out), out
 
 
 @pytest.mark.slow

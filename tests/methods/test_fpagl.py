@@ -16,8 +16,8 @@ from yolo_prune.masks.clusters import ClusterCentres
 from yolo_prune.masks.mask import MaskSet
 from yolo_prune.methods.context import PruneContext
 from yolo_prune.methods.fpagl import FPAGL, agl_mix, plan_clusters, pull_strength
-from yolo_prune.nn.build import load_model
 from yolo_prune.methods.settings import PruneSettings
+from yolo_prune.nn.build import load_model
 from yolo_prune.slim.merge import merge_clusters
 
 

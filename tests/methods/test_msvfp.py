@@ -15,7 +15,15 @@ from yolo_prune.masks.mask import MaskSet
 from yolo_prune.methods import PruneContext, get_method
 from yolo_prune.methods.criteria import FoldedL2
 from yolo_prune.methods.msvfp import (
-    MAGNITUDE, SIMILARITY, Cut, LossAwareSearch, StepCriterion, criterion_at, size_cut, with_cut)
+    MAGNITUDE,
+    SIMILARITY,
+    Cut,
+    LossAwareSearch,
+    StepCriterion,
+    criterion_at,
+    size_cut,
+    with_cut,
+)
 from yolo_prune.methods.settings import PruneSettings
 from yolo_prune.nn.build import load_model
 

@@ -148,7 +148,6 @@ def _runner(model, backend, imgsz, batch, half, workdir: Path):
 
         return backends.OnnxRuntimeRunner(export_onnx(net, workdir / "model.onnx", imgsz, batch), imgsz, batch), info
     from ..export import export_model
-
     from .trt_runner import TensorRTRunner
 
     engine = export_model(net, format="engine", half=half, imgsz=imgsz, batch=batch, out=workdir / "model.engine")

@@ -170,7 +170,8 @@ def reuse_cache(key: dict, stored: dict | None, cache_exists: bool) -> bool:
     if not cache_exists:
         raise YoloPruneError("INT8 needs calibration images (--data) or a calibration cache made for this ONNX.")
     if stored is None or stored.get("calibrator") != key["calibrator"]:
-        raise YoloPruneError("The calibration cache has no key saying what it was made from; give --data to recalibrate")
+        raise YoloPruneError("The calibration cache has no key saying what it was made from; give --data to "
+                             "recalibrate")
     if stored.get("onnx_sha256") != key["onnx_sha256"]:
         raise YoloPruneError(
             "The calibration cache was made for another ONNX (re-pruned or re-exported?); give --data to recalibrate."
