@@ -140,6 +140,35 @@ def on_batch_end(trainer) -> None:
     c.batch += 1
 
 
+def optimizer_rest(optimizer: torch.optim.Optimizer) -> dict:
+    """The optimizer state that Ultralytics' own copy in last.pt does not keep exactly: {param index: {name: tensor}}.
+
+    Ultralytics stores the whole optimizer state, converting some entries to FP16 (SGD's momentum; Adam's moments and
+    step stay FP32). Only the converted entries are stored again, in FP32, which keeps Adam(W) checkpoints a quarter
+    smaller. Which entries it converts is asked of its own converter, not assumed.
+    """
+    from ultralytics.utils.torch_utils import convert_optimizer_state_dict_to_fp16
+
+    state = optimizer.state_dict()["state"]
+    pairs = [(k, v) for entries in state.values() for k, v in entries.items()]
+    names = {k for k, v in pairs if torch.is_tensor(v) and v.is_floating_point()}
+    probe = convert_optimizer_state_dict_to_fp16({"state": {0: {k: torch.zeros(1) for k in names}}})["state"][0]
+    converted = {k for k in names if probe[k].dtype != torch.float32}
+    return {i: {k: v.detach().clone() for k, v in entries.items() if k in converted} for i, entries in state.items()}
+
+
+def restore_optimizer(optimizer: torch.optim.Optimizer, rest: dict) -> None:
+    """Put the exact entries of `optimizer_rest` back into the optimizer Ultralytics has resumed from its copy.
+    A last.pt of an earlier version carries the whole optimizer state instead, which is loaded as it is."""
+    if "param_groups" in rest:
+        optimizer.load_state_dict(rest)
+        return
+    full = optimizer.state_dict()
+    for i, entries in rest.items():
+        full["state"][int(i)].update(entries)
+    optimizer.load_state_dict(full)
+
+
 def _rng_state(loader) -> dict:
     generator = getattr(getattr(loader, "sampler", None), "generator", None)
     return {

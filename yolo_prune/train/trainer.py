@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import json
 import os
-from copy import deepcopy
 from pathlib import Path
 
 import torch
@@ -233,11 +232,12 @@ class PruneTrainer(DetectionTrainer):
             self.pruner.images = args[0]["img"].detach()
 
     def _restore_exact_state(self, state):
-        """Resume bit-exactly: fp32 weights, EMA and optimizer (Ultralytics keeps only FP16 copies), pruning state."""
+        """Resume bit-exactly: fp32 weights and EMA (Ultralytics keeps an FP16 EMA and no model), the optimizer entries
+        its copy converts to FP16, the pruning state."""
         model = unwrap_model(self.model)
         model.load_state_dict(state["model"])
         self.ema.ema.load_state_dict(state["ema"])
-        self.optimizer.load_state_dict(state["optimizer"])
+        resume.restore_optimizer(self.optimizer, state["optimizer"])
         self.pruner.load_state_dict(state["pruner"], model, self.ema)
 
     def _model_train(self):
@@ -289,7 +289,7 @@ class PruneTrainer(DetectionTrainer):
                 "pruner": self.pruner.state_dict(),
                 "model": {k: v.detach().clone() for k, v in unwrap_model(self.model).state_dict().items()},
                 "ema": {k: v.detach().clone() for k, v in ema.state_dict().items()},
-                "optimizer": deepcopy(self.optimizer.state_dict()),
+                "optimizer": resume.optimizer_rest(self.optimizer),
                 **resume.capture(self),
             })  # fmt: skip
         setattr(ema, STATE_ATTR, pack_numpy(state))  # numpy as tensors: weights-only loaders read last.pt too
