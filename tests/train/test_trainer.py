@@ -45,7 +45,7 @@ class StepRecorder:
 @pytest.fixture(scope="module")
 def effp_run(tmp_path_factory, coco8_yaml):
     tmp = tmp_path_factory.mktemp("effp")
-    trainer = make_trainer(tmp, coco8_yaml, "effp")
+    trainer = make_trainer(tmp, coco8_yaml, "effp", plots=True)
     rec = StepRecorder(trainer)
     trainer.train()
     return trainer, rec
@@ -93,6 +93,7 @@ def test_asfp_prunes_in_steps_and_logs_its_scale(tmp_path, coco8_yaml):
     assert (np.diff(widths, axis=0) < 0).any() and len(rec.masks) == len(trainer.pruner.schedule.positions)
     rows = list(csv.DictReader((trainer.save_dir / "prune_log.csv").open()))
     assert rows and all(float(r["sigma"]) >= 0 and 0 <= float(r["redundant"]) <= 1 for r in rows)
+    assert not (trainer.save_dir / "prune_widths.png").exists()  # plots=False, as for Ultralytics' own plots
     model, _ = load_checkpoint(str(trainer.best))
     assert 1 - get_flops(model, 640) / trainer.pruner.base_gflops == pytest.approx(0.37, abs=0.005)
 

@@ -311,7 +311,7 @@ class PruneTrainer(DetectionTrainer):
             for path in (self.last, self.best):
                 if path.exists():
                     slim_checkpoint(path, *((self.pruner.graph, self.pruner.finish) if self.pruner else (None, None)))
-            if self.prune_log is not None:
+            if self.prune_log is not None and self.args.plots:  # plots=False: Ultralytics' switch for every plot
                 self.prune_log.plot()
         with resume.staged_weights(self, copy_existing=True):  # Ultralytics strips last.pt and best.pt in place
             super().final_eval()
