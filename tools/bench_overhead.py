@@ -2,16 +2,19 @@
 """Wall-time overhead of pruning during training: Ultralytics' plain DetectionTrainer vs PruneTrainer, same model,
 data, epochs and seed, measured in one invocation (this machine is noisy; compare the ratios).
 
-    python tools/bench_overhead.py [--cfg yolov7-tiny.yaml] [--method effp] [--epochs 3] [--imgsz 160]
+    python tools/bench_overhead.py [--cfg yolov7-tiny.yaml] [--method effp] [--epochs 3] [--imgsz 160] [--rounds 1]
 
 Three runs: plain training; pruning alone (the from-scratch defaults: masks, Taylor scores, the schedule); pruning
 with compensation and distillation from the dense starting model (a covariance forward per pruning step and a teacher
 forward per batch: what `--weights` runs do by default). Defaults use the embedded demo dataset. Prints the wall times
-and both ratios (goal for pruning alone <= 1.05; distillation's cost is reported beside it).
+and both ratios (goal for pruning alone <= 1.05; distillation's cost is reported beside it). `--rounds N` runs the
+three N times in turn and prints each round's ratios and their medians: on a noisy machine one pair can be off by
+several percent.
 """
 
 import argparse
 import os
+import statistics
 import tempfile
 import time
 
@@ -27,6 +30,7 @@ def main():
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--imgsz", type=int, default=160)
     parser.add_argument("--batch", type=int, default=16)
+    parser.add_argument("--rounds", type=int, default=1, help="run the three this many times in turn (medians)")
     args = parser.parse_args()
 
     from ultralytics.models.yolo.detect import DetectionTrainer
@@ -46,17 +50,21 @@ def main():
         return lambda name: PruneTrainer(overrides={**common, "name": name},
                                          prune=PruneSettings(flops=args.flops, method=args.method, **settings))
 
-    runs = {}
-    for label, make in (("plain", lambda name: DetectionTrainer(overrides={**common, "name": name})),
-                        ("prune", prune(False)), ("+comp+distill", prune(True))):  # fmt: skip
-        trainer = make(label)
-        start = time.perf_counter()
-        trainer.train()
-        runs[label] = time.perf_counter() - start
+    makers = {"plain": lambda name: DetectionTrainer(overrides={**common, "name": name}),
+              "prune": prune(False), "+comp+distill": prune(True)}  # fmt: skip
+    runs = {label: [] for label in makers}
+    for _ in range(args.rounds):
+        for label, make in makers.items():
+            trainer = make(label)
+            start = time.perf_counter()
+            trainer.train()
+            runs[label].append(time.perf_counter() - start)
     print(f"\n{args.cfg}, {args.epochs} epochs at {args.imgsz}, {args.method} --flops {args.flops}, data {data}")
     for label, seconds in runs.items():
-        ratio = "" if label == "plain" else f"  ratio {seconds / runs['plain']:.3f}"
-        print(f"{label:<14} {seconds:8.1f} s{ratio}")
+        ratios = [s / p for s, p in zip(seconds, runs["plain"])]
+        rest = "" if label == "plain" else "  ratio " + " ".join(f"{r:.3f}" for r in ratios)
+        median = f"  (median {statistics.median(ratios):.3f})" if label != "plain" and args.rounds > 1 else ""
+        print(f"{label:<14} " + " ".join(f"{s:7.1f}" for s in seconds) + f" s{rest}{median}")
     print("goal: prune / plain <= 1.05; +comp+distill / plain adds what --weights runs do by default")
 
 
