@@ -44,7 +44,8 @@ def main():
 
 def _cache_labels(data: Path) -> None:
     """Write both splits' label caches now: runs started together on a fresh split would each write them, and
-    Ultralytics' cache write is not safe against a concurrent one (one run fails on the other's half-renamed file)."""
+    Ultralytics' write (remove the old file if it exists, then save) races with a concurrent one: one run failed with
+    FileNotFoundError on the file the other had just removed."""
     from yolo_prune.data import dataset_labels
 
     for split in ("train", "val"):
