@@ -193,3 +193,7 @@ def test_the_optimizer_resumes_exactly_from_ultralytics_copy_and_the_entries_it_
     restore_optimizer(resumed, rest)
     state = resumed.state_dict()["state"]
     assert all(torch.equal(v, state[i][k]) for i, e in exact["state"].items() for k, v in e.items())
+    earlier = make(net.parameters())  # a last.pt of an earlier version carries the whole state: loaded as it is
+    restore_optimizer(earlier, deepcopy(exact))
+    state = earlier.state_dict()["state"]
+    assert all(torch.equal(v, state[i][k]) for i, e in exact["state"].items() for k, v in e.items())
