@@ -88,13 +88,23 @@ def coco8_yaml(tmp_path_factory, coco8) -> Path:
 
 
 @pytest.fixture(scope="session")
-def coco128_linked(tmp_path_factory, coco128) -> Path:
-    """coco128 laid out again (its images, labels, official annotations and data.yaml), so a test that hands its
-    data.yaml to Ultralytics gets the label cache written here and not into ../shared."""
-    folder = tmp_path_factory.mktemp("coco128") / "coco128"
-    link_files(coco128, folder, ("images", "labels", "annotations"))
-    (folder / "data.yaml").write_text((coco128 / "data.yaml").read_text())  # `path: .`: relative to this file
-    return folder
+def coco128_layout(tmp_path_factory, coco128):
+    """coco128 laid out again from the named folders (and its data.yaml), so a test that hands that data.yaml to
+    Ultralytics gets the label cache written there and not into ../shared: `coco128_layout(("images", "labels"))`."""
+
+    def layout(kinds: tuple[str, ...]) -> Path:
+        folder = tmp_path_factory.mktemp("coco128") / "coco128"
+        link_files(coco128, folder, kinds)
+        (folder / "data.yaml").write_text((coco128 / "data.yaml").read_text())  # `path: .`: relative to this file
+        return folder
+
+    return layout
+
+
+@pytest.fixture(scope="session")
+def coco128_linked(coco128_layout) -> Path:
+    """coco128 laid out again with its official annotations (the evaluator finds them beside the data)."""
+    return coco128_layout(("images", "labels", "annotations"))
 
 
 def link_files(source: Path, target: Path, kinds: tuple[str, ...]) -> None:

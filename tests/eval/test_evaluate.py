@@ -36,14 +36,8 @@ def test_coco_model_on_coco128_uses_the_official_json_and_agrees_with_ultralytic
 
 
 @pytest.mark.slow
-def test_a_yolo_dataset_without_json_is_scored_on_its_labels(official_run, yolov5n_coco, coco128, tmp_path):
-    # coco128 laid out again (file links; Ultralytics resolves folder links) without its annotations folder
-    for kind in ("images", "labels"):
-        (tmp_path / kind / "train2017").mkdir(parents=True)
-        for file in (coco128 / kind / "train2017").iterdir():
-            (tmp_path / kind / "train2017" / file.name).symlink_to(file)
-    data = tmp_path / "data.yaml"
-    data.write_text((coco128 / "data.yaml").read_text())  # `path: .` is read relative to this file
+def test_a_yolo_dataset_without_json_is_scored_on_its_labels(official_run, yolov5n_coco, coco128_layout):
+    data = coco128_layout(("images", "labels")) / "data.yaml"  # coco128 without its annotations folder
     result = evaluate(str(yolov5n_coco), data=data, imgsz=IMGSZ, batch=32)
     assert result["ground_truth"]["source"] == "labels" and result["instances"] == 929
     official = official_run[0]
