@@ -5,11 +5,11 @@ data, epochs and seed, measured in one invocation (this machine is noisy; compar
     python tools/bench_overhead.py [--cfg yolov7-tiny.yaml] [--method effp] [--epochs 3] [--imgsz 160] [--rounds 1]
 
 Three runs: plain training; pruning alone (the from-scratch defaults: masks, Taylor scores, the schedule); pruning
-with compensation and distillation from the dense starting model (a covariance forward per pruning step and a teacher
-forward per batch: what `--weights` runs do by default). Defaults use the embedded demo dataset. Prints the wall times
-and both ratios (goal for pruning alone <= 1.05; distillation's cost is reported beside it). `--rounds N` runs the
-three N times in turn and prints each round's ratios and their medians: on a noisy machine one pair can be off by
-several percent.
+with what `--weights` runs of the method add by default: distillation from the dense starting model (a teacher forward
+per batch), and compensation (a covariance forward per pruning step) for the methods that keep it (not EFFP). Defaults
+use the embedded demo dataset. Prints the wall times and both ratios (goal for pruning alone <= 1.05; the cost of the
+`--weights` defaults is reported beside it). `--rounds N` runs the three N times in turn and prints each round's ratios
+and their medians: on a noisy machine one pair can be off by several percent.
 """
 
 import argparse
@@ -35,23 +35,27 @@ def main():
 
     from ultralytics.models.yolo.detect import DetectionTrainer
 
+    # importing yolo_prune lets the plain trainer build our YAMLs
     from yolo_prune.demo_data import ensure_demo_dataset
     from yolo_prune.methods.schedule import PruneSettings
     from yolo_prune.nn.build import config_path
-    from yolo_prune.train.trainer import PruneTrainer  # importing yolo_prune lets the plain trainer build our YAMLs
+    from yolo_prune.train.trainer import PruneTrainer, default_compensate
     data = args.data or str(ensure_demo_dataset())
     project = tempfile.mkdtemp(prefix="bench_overhead_")
     common = dict(model=str(config_path(args.cfg) or args.cfg), data=data, epochs=args.epochs, imgsz=args.imgsz,
                   batch=args.batch, workers=0, plots=False, seed=0, deterministic=True, project=project,
                   exist_ok=True, verbose=False)  # fmt: skip
 
+    compensate = default_compensate(args.method, from_weights=True)
+    weights_label = "+comp+distill" if compensate else "+distill"
+
     def prune(extras: bool):
-        settings = dict(compensate=extras, distill=1.0 if extras else 0.0)
+        settings = dict(compensate=compensate and extras, distill=1.0 if extras else 0.0)
         return lambda name: PruneTrainer(overrides={**common, "name": name},
                                          prune=PruneSettings(flops=args.flops, method=args.method, **settings))
 
     makers = {"plain": lambda name: DetectionTrainer(overrides={**common, "name": name}),
-              "prune": prune(False), "+comp+distill": prune(True)}  # fmt: skip
+              "prune": prune(False), weights_label: prune(True)}  # fmt: skip
     runs = {label: [] for label in makers}
     for _ in range(args.rounds):
         for label, make in makers.items():
@@ -65,7 +69,7 @@ def main():
         rest = "" if label == "plain" else "  ratio " + " ".join(f"{r:.3f}" for r in ratios)
         median = f"  (median {statistics.median(ratios):.3f})" if label != "plain" and args.rounds > 1 else ""
         print(f"{label:<14} " + " ".join(f"{s:7.1f}" for s in seconds) + f" s{rest}{median}")
-    print("goal: prune / plain <= 1.05; +comp+distill / plain adds what --weights runs do by default")
+    print(f"goal: prune / plain <= 1.05; {weights_label} / plain adds what --weights runs do by default")
 
 
 if __name__ == "__main__":

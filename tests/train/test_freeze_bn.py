@@ -131,7 +131,7 @@ def test_ultralytics_switches_to_train_mode_through_model_train_every_epoch():
 def test_pruning_with_frozen_statistics_keeps_them_frozen_after_each_step(tmp_path, coco8_yaml, start):
     """Compensation's eval-mode forward at a pruning step used to put every BN back into train mode (batch
     statistics) for the rest of the epoch (nn/modes.py)."""
-    trainer, rec = run(tmp_path, coco8_yaml, start, "pruned", flops=0.1, freeze_bn=True, steps_per_epoch=2,
-                       warmup_frac=0.0, prune_frac=0.5)  # fmt: skip
+    trainer, rec = run(tmp_path, coco8_yaml, start, "pruned", flops=0.1, freeze_bn=True, compensate=True,
+                       steps_per_epoch=2, warmup_frac=0.0, prune_frac=0.5)  # fmt: skip
     assert trainer.pruner.steps_done >= 1 and trainer.prune_settings.compensate is True
     assert len(rec.batch_statistics) >= 2 and not any(rec.batch_statistics)

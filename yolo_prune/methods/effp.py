@@ -46,6 +46,9 @@ class EFFPOptions(MethodOptions):
 @register_method("effp")
 class EFFP(TaylorScored):
     Options = EFFPOptions
+    # from weights EFFP measured better without compensation (-20 %: 0.191 vs 0.157 over four seeds; it then regrows
+    # about 2.6x as many channels), where ASFP measured worse without it (docs/results.md, session 12)
+    compensate_from_weights = False
 
     def __init__(self, graph, budget, options=None):
         super().__init__(graph, budget, options)

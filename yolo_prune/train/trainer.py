@@ -33,6 +33,7 @@ from ultralytics.utils.torch_utils import unwrap_model
 
 from ..checkpoint import STATE_ATTR, is_one_shot_prune, pack_numpy, unpack_numpy
 from ..errors import YoloPruneError
+from ..methods import get_method
 from ..methods.settings import PruneSettings
 from ..nn.build import load_model
 from . import resume
@@ -137,7 +138,7 @@ class PruneTrainer(DetectionTrainer):
         if not self.prune_settings.cut:
             return
         if self.prune_settings.compensate is None:  # resolved once; a resumed run reads it back from last.pt
-            self.prune_settings.compensate = self._from_weights
+            self.prune_settings.compensate = default_compensate(self.prune_settings.method, self._from_weights)
         model = unwrap_model(self.model)
         self.pruner = InTrainingPruner(model, self.prune_settings, self.epochs, loss=detection_loss)
         self.pruner.setup()
@@ -352,6 +353,12 @@ def _on_epoch_start(trainer: PruneTrainer):
 
 def _on_pretrain_routine_end(trainer: PruneTrainer):
     trainer._after_setup()
+
+
+def default_compensate(method: str, from_weights: bool) -> bool:
+    """Compensation's default: only from weights (a network from scratch has no learned channel correlations to
+    hand over), and only for methods that did not measure worse with it (EFFP opts out; docs/results.md)."""
+    return from_weights and get_method(method).compensate_from_weights
 
 
 def _on_batch_end(trainer: PruneTrainer):
