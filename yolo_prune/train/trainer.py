@@ -139,6 +139,10 @@ class PruneTrainer(DetectionTrainer):
             return
         if self.prune_settings.compensate is None:  # resolved once; a resumed run reads it back from last.pt
             self.prune_settings.compensate = default_compensate(self.prune_settings.method, self._from_weights)
+        if self._from_weights:  # from weights the default depends on the method: say which it is
+            on = self.prune_settings.compensate
+            LOGGER.info(f"yolo-prune: compensation of masked channels {'on' if on else 'off'} "
+                        f"({'--no-compensate' if on else '--compensate'} to switch)")  # fmt: skip
         model = unwrap_model(self.model)
         self.pruner = InTrainingPruner(model, self.prune_settings, self.epochs, loss=detection_loss)
         self.pruner.setup()
