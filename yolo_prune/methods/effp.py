@@ -46,8 +46,9 @@ class EFFPOptions(MethodOptions):
 @register_method("effp")
 class EFFP(TaylorScored):
     Options = EFFPOptions
-    # from weights EFFP measured better without compensation (-20 %: 0.191 vs 0.157 over four seeds; it then regrows
-    # about 2.6x as many channels), where ASFP measured worse without it (docs/results.md, session 12)
+    # from weights EFFP measured better without compensation at -20 % (0.191 vs 0.157, four seeds; it then regrows
+    # about 2.6x as many channels), a little worse at -37 % (0.075 vs 0.089, six seeds); ASFP measured worse without
+    # it at both cuts (docs/results.md, session 12)
     compensate_from_weights = False
 
     def __init__(self, graph, budget, options=None):
