@@ -46,7 +46,7 @@ def main():
                   batch=args.batch, workers=0, plots=False, seed=0, deterministic=True, project=project,
                   exist_ok=True, verbose=False)  # fmt: skip
 
-    compensate = default_compensate(args.method, from_weights=True)
+    compensate = default_compensate(args.method, from_weights=True, cut=args.flops)
     weights_label = "+comp+distill" if compensate else "+distill"
 
     def prune(extras: bool):

@@ -91,9 +91,10 @@ class PruningMethod(ABC):
     in_training: ClassVar[bool] = True  # usable by `yolo-prune train` (prunes while training)
     Options: ClassVar[type[MethodOptions]] = MethodOptions
     cache_batches: ClassVar[int] = 0  # recent training batches the trainer keeps for ctx.loss (0: ctx.loss off)
-    # compensation (train/compensate.py) by default when training starts from weights; a method whose runs measured
-    # worse with it opts out (--compensate still switches it on)
-    compensate_from_weights: ClassVar[bool] = True
+    # compensation (train/compensate.py) is on by default when training starts from weights and removes at least this
+    # fraction (--flops or --latency); a method whose runs measured worse with it at small cuts raises it
+    # (--compensate / --no-compensate still decide)
+    compensate_from_cut: ClassVar[float] = 0.0
 
     def __init__(self, graph: ChannelGraph, budget: Budget, options: MethodOptions | dict | None = None):
         self.graph, self.budget = graph, budget

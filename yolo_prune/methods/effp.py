@@ -47,9 +47,9 @@ class EFFPOptions(MethodOptions):
 class EFFP(TaylorScored):
     Options = EFFPOptions
     # from weights EFFP measured better without compensation at -20 % (0.191 vs 0.157, four seeds; it then regrows
-    # about 2.6x as many channels), a little worse at -37 % (0.075 vs 0.089, six seeds); ASFP measured worse without
-    # it at both cuts (docs/results.md, session 12)
-    compensate_from_weights = False
+    # about 2.6x as many channels and regrowth is what recovers), worse without it at -28 % (0.118 vs 0.126) and -37 %
+    # (0.075 vs 0.089; six seeds each): docs/results.md, sessions 12-13
+    compensate_from_cut = 0.25
 
     def __init__(self, graph, budget, options=None):
         super().__init__(graph, budget, options)

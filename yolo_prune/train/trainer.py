@@ -135,16 +135,17 @@ class PruneTrainer(DetectionTrainer):
         """Ultralytics' hook for the model before compile, DDP, optimizer and EMA: the pruner and the method's setup."""
         super().set_model_attributes()
         self._resolve_freeze_bn()
-        if not self.prune_settings.cut:
+        settings = self.prune_settings
+        if not settings.cut:
             return
-        if self.prune_settings.compensate is None:  # resolved once; a resumed run reads it back from last.pt
-            self.prune_settings.compensate = default_compensate(self.prune_settings.method, self._from_weights)
-        if self._from_weights:  # from weights the default depends on the method: say which it is
-            on = self.prune_settings.compensate
+        if settings.compensate is None:  # resolved once; a resumed run reads it back from last.pt
+            settings.compensate = default_compensate(settings.method, self._from_weights, settings.cut)
+        if self._from_weights:  # from weights the default depends on the method and the cut: say which it is
+            on = settings.compensate
             LOGGER.info(f"yolo-prune: compensation of masked channels {'on' if on else 'off'} "
                         f"({'--no-compensate' if on else '--compensate'} to switch)")  # fmt: skip
         model = unwrap_model(self.model)
-        self.pruner = InTrainingPruner(model, self.prune_settings, self.epochs, loss=detection_loss)
+        self.pruner = InTrainingPruner(model, settings, self.epochs, loss=detection_loss)
         self.pruner.setup()
 
     def _resolve_freeze_bn(self) -> None:
@@ -359,10 +360,10 @@ def _on_pretrain_routine_end(trainer: PruneTrainer):
     trainer._after_setup()
 
 
-def default_compensate(method: str, from_weights: bool) -> bool:
+def default_compensate(method: str, from_weights: bool, cut: float) -> bool:
     """Compensation's default: only from weights (a network from scratch has no learned channel correlations to
-    hand over), and only for methods that did not measure worse with it (EFFP opts out; docs/results.md)."""
-    return from_weights and get_method(method).compensate_from_weights
+    hand over), and only for cuts where the method did not measure worse with it (EFFP: from 0.25; docs/results.md)."""
+    return from_weights and cut >= get_method(method).compensate_from_cut
 
 
 def _on_batch_end(trainer: PruneTrainer):
