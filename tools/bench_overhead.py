@@ -6,10 +6,10 @@ data, epochs and seed, measured in one invocation (this machine is noisy; compar
 
 Three runs: plain training; pruning alone (the from-scratch defaults: masks, Taylor scores, the schedule); pruning
 with what `--weights` runs of the method add by default: distillation from the dense starting model (a teacher forward
-per batch), and compensation (a covariance forward per pruning step) for the methods that keep it (not EFFP). Defaults
-use the embedded demo dataset. Prints the wall times and both ratios (goal for pruning alone <= 1.05; the cost of the
-`--weights` defaults is reported beside it). `--rounds N` runs the three N times in turn and prints each round's ratios
-and their medians: on a noisy machine one pair can be off by several percent.
+per batch), and compensation (a covariance forward per pruning step) where the method keeps it at this cut (EFFP: from
+0.25). Defaults use the embedded demo dataset. Prints the wall times and both ratios (goal for pruning alone <= 1.05;
+the cost of the `--weights` defaults is reported beside it). `--rounds N` runs the three N times in turn and prints
+each round's ratios and their medians: on a noisy machine one pair can be off by several percent.
 """
 
 import argparse

@@ -1,5 +1,5 @@
 """Pruning from weights in the real trainer: distillation on by default, compensation by default where the method
-keeps it (ASFP yes, EFFP no), logged, nothing left behind."""
+keeps it (ASFP at every cut, EFFP from a cut of 0.25), logged, nothing left behind."""
 
 import csv
 
