@@ -17,8 +17,9 @@ from dataclasses import MISSING, asdict, field, fields
 from .errors import YoloPruneError
 
 
-def setting(default, help: str, *, choices=None):
-    """A dataclass field with its help text; `choices`: a list, or a callable giving one when the parser is built."""
+def setting(default, help, *, choices=None):
+    """A dataclass field with its help text; `help` and `choices` may be callables that give them when the parser is
+    built (for text drawn from the method registry)."""
     return field(default=default, metadata={"help": help, "choices": choices})
 
 
@@ -76,7 +77,10 @@ def add_flags(parser, cls, rename: dict[str, str] | None = None, title: str | No
     for f in flag_fields(cls, only):
         name = (rename or {}).get(f.name, f.name)
         default = f.default if f.default is not MISSING else f.default_factory()
-        help_text = f.metadata.get("help", "") + (f" (default: {default})" if default is not None else "")
+        help_text = f.metadata.get("help", "")
+        help_text = (help_text() if callable(help_text) else help_text) + (
+            f" (default: {default})" if default is not None else ""
+        )
         choices = f.metadata.get("choices")
         choices = choices() if callable(choices) else choices
         args = typing.get_args(hints[f.name])

@@ -43,6 +43,12 @@ def test_compensation_defaults_to_on_from_weights_except_for_effp_at_small_cuts(
     assert not default_compensate("effp", True, 0.2)  # measured better without it at -20 % (docs/results.md)
     assert default_compensate("effp", True, 0.25) and default_compensate("effp", True, 0.37)  # and worse deeper
     assert not default_compensate("asfp", False, 0.37)  # from scratch: no learned correlations to hand over
+    assert not default_compensate("fpagl", True, 0.37)  # masks nothing while training: nothing to hand over
+
+
+def test_compensation_help_names_each_methods_exception():
+    text = PruneSettings.__dataclass_fields__["compensate"].metadata["help"]()
+    assert "effp: only from a cut of 0.25" in text and "fpagl: never" in text and "asfp" not in text
 
 
 def test_weights_run_distils_compensates_and_logs_each_step(tmp_path, coco8_yaml, start):

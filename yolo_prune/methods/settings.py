@@ -4,6 +4,7 @@ method's options and Ultralytics arguments."""
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 from ..errors import YoloPruneError
@@ -26,9 +27,11 @@ class PruneSettings(Options):
     steps_per_epoch: int = setting(4, "pruning steps per epoch during the pruning phase")
     compensate: bool | None = setting(
         None,
-        "hand masked channels over to their consumers by least squares (train/compensate.py); default: on when "
-        "training starts from weights (learned channel correlations to use), off from scratch and for effp below "
-        "--flops 0.25 (both measured worse)",
+        lambda: (
+            "hand masked channels over to their consumers by least squares (train/compensate.py); default: on when "
+            "training starts from weights (learned channel correlations to use), off from scratch (measured worse)"
+            + _compensation_exceptions()
+        ),
     )
     distill: float | None = setting(
         None,
@@ -101,6 +104,13 @@ class PruneSettings(Options):
                                  f"--method {self.method}`, or one of {_methods(in_training=True)} here.")  # fmt: skip
         self.options = build_options(self.method, self.options).to_dict()
         return self
+
+
+def _compensation_exceptions() -> str:
+    """The methods whose from-weights default is not 'on at every cut' (PruningMethod.compensate_from_cut)."""
+    late = {m: get_method(m).compensate_from_cut for m in _methods(in_training=True)}
+    parts = [f"{m}: only from a cut of {c:g}" if math.isfinite(c) else f"{m}: never" for m, c in late.items() if c > 0]
+    return "".join(f"; {p}" for p in parts)
 
 
 def _methods(in_training: bool) -> list[str]:
