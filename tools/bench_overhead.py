@@ -6,10 +6,11 @@ data, epochs and seed, measured in one invocation (this machine is noisy; compar
 
 Three runs: plain training; pruning alone (the from-scratch defaults: masks, Taylor scores, the schedule); pruning
 with what `--weights` runs of the method add by default: distillation from the dense starting model (a teacher forward
-per batch), and compensation (a covariance forward per pruning step) where the method keeps it at this cut (EFFP: from
-0.25). Defaults use the embedded demo dataset. Prints the wall times and both ratios (goal for pruning alone <= 1.05;
-the cost of the `--weights` defaults is reported beside it). `--rounds N` runs the three N times in turn and prints
-each round's ratios and their medians: on a noisy machine one pair can be off by several percent.
+per batch) where the method keeps it (all but ASFP), and compensation (a covariance forward per pruning step) where
+the method keeps it at this cut (EFFP: from 0.25; FP-AGL never). Defaults use the embedded demo dataset. Prints the
+wall times and both ratios (goal for pruning alone <= 1.05; the cost of the `--weights` defaults is reported beside
+it). `--rounds N` runs the three N times in turn and prints each round's ratios and their medians: on a noisy machine
+one pair can be off by several percent.
 """
 
 import argparse
@@ -39,7 +40,7 @@ def main():
     from yolo_prune.demo_data import ensure_demo_dataset
     from yolo_prune.methods.schedule import PruneSettings
     from yolo_prune.nn.build import config_path
-    from yolo_prune.train.trainer import PruneTrainer, default_compensate
+    from yolo_prune.train.trainer import PruneTrainer, default_compensate, default_distill
     data = args.data or str(ensure_demo_dataset())
     project = tempfile.mkdtemp(prefix="bench_overhead_")
     common = dict(model=str(config_path(args.cfg) or args.cfg), data=data, epochs=args.epochs, imgsz=args.imgsz,
@@ -47,10 +48,11 @@ def main():
                   exist_ok=True, verbose=False)  # fmt: skip
 
     compensate = default_compensate(args.method, from_weights=True, cut=args.flops)
-    weights_label = "+comp+distill" if compensate else "+distill"
+    distill = default_distill(args.method, from_weights=True, cut=args.flops)
+    weights_label = "+" + ("+".join(n for n, on in (("comp", compensate), ("distill", distill)) if on) or "nothing")
 
     def prune(extras: bool):
-        settings = dict(compensate=compensate and extras, distill=1.0 if extras else 0.0)
+        settings = dict(compensate=compensate and extras, distill=1.0 if distill and extras else 0.0)
         return lambda name: PruneTrainer(overrides={**common, "name": name},
                                          prune=PruneSettings(flops=args.flops, method=args.method, **settings))
 

@@ -95,6 +95,9 @@ class PruningMethod(ABC):
     # fraction (--flops or --latency); a method whose runs measured worse with it at small cuts raises it
     # (--compensate / --no-compensate still decide)
     compensate_from_cut: ClassVar[float] = 0.0
+    # distillation from the starting model (train/distill.py) is on by default when a run from weights prunes; a
+    # method whose runs measured worse with it opts out (--distill W still decides)
+    distill_from_weights: ClassVar[bool] = True
 
     def __init__(self, graph: ChannelGraph, budget: Budget, options: MethodOptions | dict | None = None):
         self.graph, self.budget = graph, budget

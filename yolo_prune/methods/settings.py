@@ -35,8 +35,10 @@ class PruneSettings(Options):
     )
     distill: float | None = setting(
         None,
-        "weight of feature distillation from the dense starting model (train/distill.py); default: 1 with "
-        "--weights, else 0 (off)",
+        lambda: (
+            "weight of feature distillation from the dense starting model (train/distill.py); default: 1 with "
+            "--weights, else 0 (off)" + _distill_exceptions()
+        ),
     )
     freeze_bn: bool | None = setting(
         None,
@@ -48,7 +50,7 @@ class PruneSettings(Options):
     criterion: str = setting(
         "taylor",
         "channel scores of effp and asfp: 'taylor' of the training loss, or 'damage', the second-order rise of the "
-        "distillation loss at the head inputs (methods/damage.py; needs --distill, 2 extra passes per pruning step)",
+        "distance to the dense model at the head inputs (methods/damage.py; 2 extra passes per pruning step)",
         choices=["taylor", "damage"],
     )
     latency: float = setting(0.0, "fraction of latency to remove instead of FLOPs, e.g. 0.3 (batch 1 at the FLOPs "
@@ -111,6 +113,12 @@ def _compensation_exceptions() -> str:
     late = {m: get_method(m).compensate_from_cut for m in _methods(in_training=True)}
     parts = [f"{m}: only from a cut of {c:g}" if math.isfinite(c) else f"{m}: never" for m, c in late.items() if c > 0]
     return "".join(f"; {p}" for p in parts)
+
+
+def _distill_exceptions() -> str:
+    """The methods that prune from weights without distillation by default (PruningMethod.distill_from_weights)."""
+    off = [m for m in _methods(in_training=True) if not get_method(m).distill_from_weights]
+    return f"; 0 for {', '.join(off)} when pruning (measured better without)" if off else ""
 
 
 def _methods(in_training: bool) -> list[str]:

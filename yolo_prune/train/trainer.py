@@ -218,14 +218,19 @@ class PruneTrainer(DetectionTrainer):
         return loader
 
     def _setup_distillation(self, model):
-        """Freeze a copy of the starting model as teacher (on by default when training starts from weights)."""
-        weight = self.prune_settings.distill
-        # a resumed run gets its weights from last.pt: it distils if the run it continues did
-        from_weights = "distill" in (self._resume_state or {}) if self.resume else self._from_weights
-        weight = (1.0 if from_weights else 0.0) if weight is None else weight
+        """Freeze a copy of the starting model as teacher (by default when training starts from weights:
+        `default_distill`)."""
+        settings = self.prune_settings
+        weight = settings.distill
+        if weight is None:
+            if self.resume:  # a resumed run gets its weights from last.pt: it distils if the run it continues did
+                on = "distill" in (self._resume_state or {})
+            else:
+                on = default_distill(settings.method, self._from_weights, settings.cut)
+            weight = 1.0 if on else 0.0
         if weight <= 0:
             return
-        self.distill = FeatureDistillation(model, weight, batch_statistics=not self.prune_settings.freeze_bn)
+        self.distill = FeatureDistillation(model, weight, batch_statistics=not settings.freeze_bn)
         state = (self._resume_state or {}).get("distill")
         if state is not None:  # the teacher is the run's starting model, not the resumed one
             self.distill.load_state_dict(state)
@@ -364,6 +369,12 @@ def default_compensate(method: str, from_weights: bool, cut: float) -> bool:
     """Compensation's default: only from weights (a network from scratch has no learned channel correlations to
     hand over), and only for cuts where the method did not measure worse with it (EFFP: from 0.25; docs/results.md)."""
     return from_weights and cut >= get_method(method).compensate_from_cut
+
+
+def default_distill(method: str, from_weights: bool, cut: float) -> bool:
+    """Distillation's default: only from weights (from scratch the starting model knows nothing), and, when the run
+    prunes, only for methods that did not measure worse with it (ASFP; docs/results.md)."""
+    return from_weights and (not cut or get_method(method).distill_from_weights)
 
 
 def _on_batch_end(trainer: PruneTrainer):
