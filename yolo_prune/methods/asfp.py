@@ -45,7 +45,7 @@ class ASFPOptions(MethodOptions):
 class ASFP(TaylorScored):
     Options = ASFPOptions
     # from weights ASFP measured better without distillation: 0.134 vs 0.118 at -20 % (higher in four of four seeds),
-    # 0.045 vs 0.028 at -37 % (two of two); docs/results.md, session 14
+    # 0.051 vs 0.025 at -37 % (four of four); docs/results.md, session 14
     distill_from_weights = False
 
     def prune_step(self, ctx) -> MaskSet:
