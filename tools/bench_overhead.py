@@ -49,7 +49,8 @@ def main():
 
     compensate = default_compensate(args.method, from_weights=True, cut=args.flops)
     distill = default_distill(args.method, from_weights=True, cut=args.flops)
-    weights_label = "+" + ("+".join(n for n, on in (("comp", compensate), ("distill", distill)) if on) or "nothing")
+    extras = [name for name, on in (("comp", compensate), ("distill", distill)) if on]
+    weights_label = "+" + "+".join(extras or ["nothing"])
 
     def prune(extras: bool):
         settings = dict(compensate=compensate and extras, distill=1.0 if distill and extras else 0.0)

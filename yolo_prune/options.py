@@ -78,9 +78,8 @@ def add_flags(parser, cls, rename: dict[str, str] | None = None, title: str | No
         name = (rename or {}).get(f.name, f.name)
         default = f.default if f.default is not MISSING else f.default_factory()
         help_text = f.metadata.get("help", "")
-        help_text = (help_text() if callable(help_text) else help_text) + (
-            f" (default: {default})" if default is not None else ""
-        )
+        help_text = help_text() if callable(help_text) else help_text
+        help_text += f" (default: {default})" if default is not None else ""
         choices = f.metadata.get("choices")
         choices = choices() if callable(choices) else choices
         args = typing.get_args(hints[f.name])

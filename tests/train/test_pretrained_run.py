@@ -1,5 +1,5 @@
-"""Pruning from weights in the real trainer: distillation on by default, compensation by default where the method
-keeps it (ASFP at every cut, EFFP from a cut of 0.25), logged, nothing left behind."""
+"""Pruning from weights in the real trainer: distillation and compensation by default where the method keeps them
+(distillation: all but ASFP; compensation: ASFP at every cut, EFFP from a cut of 0.25), logged, nothing left behind."""
 
 import csv
 
